@@ -1,0 +1,18 @@
+"""jaxlab: published methods in meta-learning, sparse networks, fine-tuning,
+generative data, robustness and model merging, as pure jitted JAX steps.
+
+    import jaxlab
+    config = jaxlab.load_config("configs/erm.py:digits")
+    results = jaxlab.train_and_evaluate(config, "/tmp/jaxlab/digits")
+
+or, step by step: `method = jaxlab.get_method(config.method)`, then
+`method.make_task`, `method.init`, `method.train_step`, `method.eval_step`.
+"""
+
+from jaxlab.config import load_config
+from jaxlab.errors import UserError
+from jaxlab.methods import get_method
+from jaxlab.train import train_and_evaluate
+
+__version__ = "0.1.0"
+__all__ = ["load_config", "get_method", "train_and_evaluate", "UserError"]

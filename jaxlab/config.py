@@ -1,0 +1,140 @@
+"""Loading `configs/<file>.py:<preset>` the way `ml_collections.config_flags` does.
+
+`load_config` gives notebooks and scripts the same locked `ConfigDict` that
+`python -m jaxlab.main --config=...` builds, and `check_overrides` rejects an
+unknown `--config.a.b=...` key with the list of valid keys before absl sees it.
+`presets` is the small helper every `configs/*.py` uses for its `get_config(arg)`.
+"""
+
+import importlib.util
+import os
+import pathlib
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import ml_collections
+
+from jaxlab.errors import UserError, unknown
+
+ConfigDict = ml_collections.ConfigDict
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path: str) -> str:
+  """Finds a config file relative to the working directory, else to the jaxlab checkout."""
+  if os.path.exists(path):
+    return path
+  beside_package = _REPO_ROOT / path
+  if beside_package.exists():
+    return str(beside_package)
+  configs = sorted(p.name for p in (_REPO_ROOT / "configs").glob("*.py")) if (
+      _REPO_ROOT / "configs").is_dir() else []
+  raise UserError(f"config file {path!r} not found; configs in {_REPO_ROOT / 'configs'}: "
+                  f"{', '.join(configs) or 'none'}")
+
+
+def _split_spec(spec: str):
+  path, sep, arg = spec.partition(":")
+  return path, (arg if sep else None)
+
+
+def _import(path: str):
+  module_spec = importlib.util.spec_from_file_location(
+      f"jaxlab_config_{pathlib.Path(path).stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def list_presets(path: str) -> List[str]:
+  """Preset names of a config file (its `PRESETS` table)."""
+  return sorted(getattr(_import(resolve_path(path)), "PRESETS", {}))
+
+
+def load_config(spec: str, overrides: Optional[Dict[str, object]] = None,
+                lock: bool = True) -> ConfigDict:
+  """`load_config("configs/erm.py:digits")` -> the preset's ConfigDict.
+
+  Args:
+    spec: `path/to/config.py[:arg]`, as passed to `--config`.
+    overrides: optional `{"train.steps": 10, ...}`, applied like `--config.train.steps=10`.
+    lock: lock the config (no new keys), as `config_flags` does.
+  """
+  path, arg = _split_spec(spec)
+  path = resolve_path(path)
+  module = _import(path)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path!r} defines no get_config(arg)")
+  config = module.get_config(arg) if arg is not None else module.get_config()
+  if lock:
+    config.lock()
+  for key, value in (overrides or {}).items():
+    check_key(config, key)
+    parent, leaf = _parent(config, key)
+    parent[leaf] = value
+  return config
+
+
+def _parent(config: ConfigDict, dotted: str):
+  *path, leaf = dotted.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  return node, leaf
+
+
+def check_key(config: ConfigDict, dotted: str) -> None:
+  """Raises a UserError naming the valid keys if `dotted` is not a key of `config`."""
+  node, seen = config, []
+  for part in dotted.split("."):
+    if not isinstance(node, ConfigDict) or part not in node:
+      where = ".".join(seen) or "the top level"
+      choices = list(node.keys()) if isinstance(node, ConfigDict) else []
+      raise unknown("config key", "config." + dotted, choices, f"valid keys at {where}")
+    node = node[part]
+    seen.append(part)
+
+
+def check_overrides(config: ConfigDict, argv: Sequence[str]) -> None:
+  """Checks every `--config.x.y=...` in argv names a key of `config`."""
+  for arg in argv:
+    if arg.startswith("--config."):
+      check_key(config, arg[len("--config."):].split("=", 1)[0])
+
+
+def presets(arg: Optional[str], table: Dict[str, Callable[[], ConfigDict]],
+            default: str, config_file: str) -> ConfigDict:
+  """Returns `table[arg]()`, or a UserError listing the presets of `config_file`."""
+  name = arg or default
+  if name not in table:
+    raise unknown("preset", name, table, f"presets of {config_file}")
+  return table[name]()
+
+
+def flatten(config: ConfigDict, prefix: str = "") -> Iterable[str]:
+  """All dotted leaf keys of a config (used in error messages and tests)."""
+  for key, value in config.items():
+    if isinstance(value, ConfigDict):
+      yield from flatten(value, f"{prefix}{key}.")
+    else:
+      yield prefix + key
+
+
+def base_config() -> ConfigDict:
+  """Fields every run has; `configs/*.py` start from this and set what differs."""
+  c = ConfigDict()
+  c.method = "erm"
+  c.seed = 0
+  c.data = ConfigDict(dict(
+      name="digits", data_dir="", download=False, train_split="train", eval_splits="test",
+      image_key="image", label_key="label", image_size=0, grayscale=False, classes=""))
+  c.aug = ConfigDict(dict(crop_padding=0, flip=False))
+  c.model = ConfigDict(dict(name="mlp", hidden=(256, 256), norm="none", weight_init="flax"))
+  c.optimizer = ConfigDict(dict(
+      name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0, decay_steps=0,
+      momentum=0.9, nesterov=False, weight_decay=0.0, grad_clip_norm=0.0, grad_clip_value=0.0))
+  c.train = ConfigDict(dict(
+      steps=1000, batch_size=128, eval_batch_size=500, log_every=100, eval_every=0,
+      checkpoint_every=500, keep_checkpoints=3, label_smoothing=0.0))
+  c.distributed = ConfigDict(dict(
+      enabled=False, coordinator_address="", num_processes=1, process_id=0))
+  return c

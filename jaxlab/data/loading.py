@@ -1,0 +1,102 @@
+"""Reading datasets by TFDS name into host numpy arrays, offline by default.
+
+Any TFDS dataset (`mnist`, `cifar10`, `omniglot`, `caltech_birds2011`, ...) is
+read with the TFDS random-access data source (array_record; TensorFlow is not
+needed). The embedded builders `digits` and `glyphs` are built on first use,
+offline, and cached in the data directory. The data directory is, in order:
+`config.data.data_dir`, `$JAXLAB_DATA_DIR`, the TFDS default
+(`~/tensorflow_datasets` or `$TFDS_DATA_DIR`).
+"""
+
+import functools
+import importlib
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxlab.errors import UserError
+
+# Embedded builders: importing the module registers the TFDS builder.
+EMBEDDED = {"digits": "jaxlab.data.digits", "glyphs": "jaxlab.data.glyphs"}
+tfds.display_progress_bar(False)
+
+
+def resolve_data_dir(data_dir: Optional[str]) -> Optional[str]:
+  return data_dir or os.environ.get("JAXLAB_DATA_DIR") or None
+
+
+def get_builder(name: str, data_dir: Optional[str] = None, download: bool = False):
+  """The prepared TFDS builder for `name` (e.g. `glyphs/color32`, `mnist:3.0.1`)."""
+  data_dir = resolve_data_dir(data_dir)
+  base = name.split("/")[0].split(":")[0]
+  if base in EMBEDDED:
+    importlib.import_module(EMBEDDED[base])
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(
+        f"unknown dataset {name!r}; embedded datasets: {', '.join(sorted(EMBEDDED))} "
+        "(glyphs also as glyphs/color32), or any TFDS name from tfds.list_builders()") from None
+  except ValueError as e:
+    if "BuilderConfig" in str(e):
+      configs = _config_names(base)
+      raise UserError(f"unknown configuration in dataset {name!r}; valid: "
+                      + ", ".join(f"{base}/{c}" for c in configs)) from None
+    raise
+  if not builder.is_prepared() and (base in EMBEDDED or download):
+    builder.download_and_prepare(file_format="array_record")
+  return builder
+
+
+def _display_name(builder) -> str:
+  config = builder.builder_config
+  return builder.name + (f"/{config.name}" if config and config.name != "default" else "")
+
+
+def open_split(builder, split: str):
+  """The random-access data source of one split, or a UserError saying how to prepare it."""
+  splits = list(builder.info.splits.keys())
+  if splits and split.split("[")[0] not in splits:
+    raise UserError(f"dataset {_display_name(builder)!r} has no split {split!r}; "
+                    f"valid splits: {', '.join(splits)}")
+  try:
+    return builder.as_data_source(split=split)
+  except Exception:  # pylint: disable=broad-except
+    if builder.is_prepared():
+      raise
+  name = _display_name(builder)
+  root = os.path.dirname(os.path.dirname(builder.data_dir))
+  if builder.builder_config:
+    root = os.path.dirname(root)
+  raise UserError(
+      f"dataset {name!r} is not prepared in {root} and jaxlab does not download at run time; "
+      f"prepare it once on a machine with network access: `tfds build {name} --data_dir={root} "
+      f"--file_format=array_record` (or pass --config.data.download=True), then point "
+      f"--config.data.data_dir or $JAXLAB_DATA_DIR at that directory") from None
+
+
+def _config_names(base: str):
+  cls = tfds.builder_cls(base)
+  return [c.name for c in (getattr(cls, "BUILDER_CONFIGS", None) or [])]
+
+
+def load_split(name: str, split: str, data_dir: Optional[str] = None,
+               download: bool = False) -> Dict[str, np.ndarray]:
+  """All numeric features of one split as stacked numpy arrays."""
+  source = open_split(get_builder(name, data_dir, download), split)
+  columns: Dict[str, list] = {}
+  for index in range(len(source)):
+    for key, value in source[index].items():
+      value = np.asarray(value)
+      if value.dtype.kind in "biuf":  # skip strings such as cifar10's `id`
+        columns.setdefault(key, []).append(value)
+  return {k: np.stack(v) for k, v in columns.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def num_classes(name: str, data_dir: Optional[str] = None, label_key: str = "label") -> int:
+  builder = get_builder(name, data_dir)
+  feature = builder.info.features[label_key]
+  return int(feature.num_classes)

@@ -1,0 +1,154 @@
+"""Tasks: what a method trains and evaluates on, with sampling inside jit.
+
+A task owns its host arrays and two pure functions the training loop jits:
+  `train_batch(data, key, step)`: the batch for `step`, from on-device arrays;
+  `eval_batch(data, index)`: the `index`-th fixed evaluation batch, with a `mask`.
+Randomness comes only from `key` and `step`, so a resumed run draws the same
+batches as an uninterrupted one. Small datasets live on the device whole.
+
+`SupervisedTask` (image classification) is here; episodic tasks (N-way K-shot)
+live in `jaxlab.data.episodes`.
+"""
+
+import dataclasses
+import math
+from typing import Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlab.data import augment, loading
+from jaxlab.errors import UserError
+
+Arrays = Dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What a model needs to know about its data."""
+  input_shape: Tuple[int, ...]
+  num_classes: int
+
+
+def preprocess_images(images: np.ndarray, size: int = 0, grayscale: bool = False) -> np.ndarray:
+  """Host-side, once per run: optional grayscale and square resize, uint8 stays uint8."""
+  if grayscale and images.shape[-1] == 3:
+    images = np.round(images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+    images = images.astype(np.uint8)[..., None]
+  if size and images.shape[1:3] != (size, size):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    resized = [np.asarray(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).resize(
+        (size, size), Image.BILINEAR)) for im in images]
+    images = np.stack(resized).reshape(len(images), size, size, images.shape[-1])
+  return images
+
+
+def select_classes(arrays: Arrays, classes: str, label_key: str = "label") -> Arrays:
+  """`classes='first:N'` keeps the N lowest labels (relabelled 0..N-1); '' keeps all."""
+  if not classes:
+    return arrays
+  kind, _, value = classes.partition(":")
+  if kind != "first" or not value.isdigit():
+    raise UserError(f"data.classes={classes!r} is not understood; valid: '' (all) or 'first:N'")
+  keep = arrays[label_key] < int(value)
+  return {k: v[keep] for k, v in arrays.items()}
+
+
+def epoch_indices(key: jax.Array, step: jax.Array, batch_size: int, n: int) -> jax.Array:
+  """Indices of batch `step` when every epoch is a fresh permutation of range(n)."""
+  if batch_size > n:  # tiny datasets (mocked data in tests): sample with replacement
+    return jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n)
+  start = step * batch_size
+  position = start + jnp.arange(batch_size)
+  first_epoch = start // n
+  perm_a = jax.random.permutation(jax.random.fold_in(key, first_epoch), n)
+  perm_b = jax.random.permutation(jax.random.fold_in(key, first_epoch + 1), n)
+  return jnp.where(position // n == first_epoch, perm_a[position % n], perm_b[position % n])
+
+
+class SupervisedTask:
+  """Image classification on one TFDS dataset held on the device.
+
+  Config fields read: data.{name, data_dir, download, train_split, image_key,
+  label_key, image_size, grayscale, classes}, train.{batch_size,
+  eval_batch_size}, aug.{crop_padding, flip}.
+  """
+
+  def __init__(self, config, num_devices: int = 1):
+    data = config.data
+    self.name = data.name
+    self._data = data
+    self.batch_size = config.train.batch_size
+    if self.batch_size % num_devices:
+      raise UserError(f"train.batch_size={self.batch_size} must be divisible by the "
+                      f"{num_devices} devices of the data axis")
+    self.eval_batch_size = num_devices * math.ceil(config.train.eval_batch_size / num_devices)
+    self.crop_padding = config.aug.crop_padding
+    self.flip = config.aug.flip
+    self._cache: Dict[str, Arrays] = {}
+    train = self.split_arrays(data.train_split)
+    labels = train["label"]
+    num_classes = (int(data.classes.partition(":")[2]) if data.classes else
+                   loading.num_classes(data.name, data.data_dir or None, data.label_key))
+    if len(labels) and labels.max() >= num_classes:
+      raise UserError(f"labels of {data.name!r} reach {labels.max()}, beyond {num_classes} classes")
+    self.spec = Spec(input_shape=tuple(train["image"].shape[1:]), num_classes=num_classes)
+
+  def split_arrays(self, split: str) -> Arrays:
+    """`image` (uint8 NHWC) and `label` (int32) of a split, cached on the host."""
+    if split not in self._cache:
+      d = self._data
+      raw = loading.load_split(d.name, split, d.data_dir or None, d.download)
+      for key in (d.image_key, d.label_key):
+        if key not in raw:
+          raise UserError(f"dataset {d.name!r} has no feature {key!r}; features: {', '.join(raw)}")
+      images = raw[d.image_key]
+      if images.ndim == 3:
+        images = images[..., None]
+      arrays = {"image": preprocess_images(images, d.image_size, d.grayscale),
+                "label": raw[d.label_key].astype(np.int32)}
+      self._cache[split] = select_classes(arrays, d.classes)
+    return self._cache[split]
+
+  # -- training ---------------------------------------------------------------
+  def train_arrays(self) -> Arrays:
+    return self.split_arrays(self._data.train_split)
+
+  def train_batch(self, data: Arrays, key: jax.Array, step: jax.Array):
+    index_key, augment_key = jax.random.split(key)
+    n = data["label"].shape[0]
+    indices = epoch_indices(index_key, step, self.batch_size, n)
+    images = augment.to_float(data["image"][indices])
+    images = augment.augment(images, jax.random.fold_in(augment_key, step),
+                             crop_padding=self.crop_padding, flip=self.flip)
+    return {"image": images, "label": data["label"][indices]}
+
+  # -- evaluation -------------------------------------------------------------
+  def eval_arrays(self, split: str) -> Arrays:
+    """The split padded to whole evaluation batches, with a 0/1 `mask`."""
+    arrays = self.split_arrays(split)
+    n = len(arrays["label"])
+    padded = self.eval_batch_size * max(1, math.ceil(n / self.eval_batch_size))
+    pad = lambda a: np.concatenate([a, np.zeros((padded - n,) + a.shape[1:], a.dtype)])
+    out = {k: pad(v) for k, v in arrays.items()}
+    out["mask"] = pad(np.ones(n, np.float32))
+    return out
+
+  def num_eval_batches(self, data: Arrays) -> int:
+    return data["mask"].shape[0] // self.eval_batch_size
+
+  def eval_batch(self, data: Arrays, index: jax.Array):
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, index * self.eval_batch_size,
+                                                  self.eval_batch_size)
+    batch = {k: take(v) for k, v in data.items()}
+    batch["image"] = augment.to_float(batch["image"])
+    return batch
+
+
+def eval_split_names(config) -> Tuple[str, ...]:
+  return tuple(s.strip() for s in config.data.eval_splits.split(",") if s.strip())
+
+
+def optional(value: str) -> Optional[str]:
+  return value or None

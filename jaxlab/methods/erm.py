@@ -1,0 +1,56 @@
+"""`erm`: empirical risk minimisation, plain supervised training.
+
+The baseline every other method is measured against, and the reference for
+how a method is written: a task, a pure `init`, `train_step` and `eval_step`.
+Loss: softmax cross-entropy (optional label smoothing); BatchNorm running
+statistics, when the model has them, are updated in `model_state`.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlab import models
+from jaxlab.data import tasks
+from jaxlab.train import losses, optim
+from jaxlab.train.state import TrainState
+
+
+def make_task(config, num_devices: int = 1) -> tasks.SupervisedTask:
+  return tasks.SupervisedTask(config, num_devices)
+
+
+def init(config, rng: jax.Array, spec: tasks.Spec) -> TrainState:
+  model = models.build(config.model, spec.num_classes)
+  variables = model.init(rng, jnp.zeros((2,) + tuple(spec.input_shape)), train=False)
+  params = variables.pop("params")
+  tx = optim.make_optimizer(config.optimizer, config.train.steps)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
+                    opt_state=tx.init(params))
+
+
+def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.Spec):
+  model = models.build(config.model, spec.num_classes)
+
+  def loss_fn(params):
+    logits, model_state = model.apply(
+        {"params": params, **state.model_state}, batch["image"], train=True,
+        mutable=list(state.model_state), rngs={"dropout": rng})
+    loss = losses.cross_entropy(logits, batch["label"], config.train.label_smoothing).mean()
+    return loss, (logits, dict(model_state))
+
+  (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  tx = optim.make_optimizer(config.optimizer, config.train.steps)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "accuracy": losses.correct(logits, batch["label"]).mean(),
+             "grad_norm": optax.tree.norm(grads)}
+  return state.replace(step=state.step + 1, params=params, model_state=model_state,
+                       opt_state=opt_state), metrics
+
+
+def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
+  model = models.build(config.model, spec.num_classes)
+  logits = model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
+  return {"accuracy": losses.correct(logits, batch["label"]),
+          "loss": losses.cross_entropy(logits, batch["label"])}

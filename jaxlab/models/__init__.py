@@ -1,0 +1,41 @@
+"""Flax linen models, built by name from `config.model`.
+
+`build(model_config, num_classes)` takes `model_config.name` (one of `MODELS`)
+and passes every other field of `model_config` to the module's constructor.
+"""
+
+from typing import Dict, Type
+
+import flax.linen as nn
+import ml_collections
+
+from jaxlab.errors import UserError, unknown
+from jaxlab.models.layers import INITS, NORMS, BatchStatNorm, Conv, Dense, kernel_init
+from jaxlab.models.nets import MLP, Conv4, ResNet18
+
+MODELS: Dict[str, Type[nn.Module]] = {"mlp": MLP, "conv4": Conv4, "resnet18": ResNet18}
+
+
+def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  kwargs = dict(model_config)
+  name = kwargs.pop("name")
+  if name not in MODELS:
+    raise unknown("model", name, MODELS)
+  if kwargs.get("weight_init", "flax") not in INITS:
+    raise unknown("initialiser (model.weight_init)", kwargs["weight_init"], INITS)
+  if kwargs.get("norm", "none") not in NORMS:
+    raise unknown("norm (model.norm)", kwargs["norm"], NORMS)
+  for key in ("hidden", "mean", "std"):
+    if key in kwargs:
+      kwargs[key] = tuple(kwargs[key])
+  cls = MODELS[name]
+  fields = set(cls.__dataclass_fields__) - {"parent", "name"}
+  extra = set(kwargs) - fields
+  if extra:
+    raise UserError(f"model {name!r} takes no field(s) {', '.join(sorted(extra))}; "
+                    f"valid fields: {', '.join(sorted(fields - {'num_classes'}))}")
+  return cls(num_classes=num_classes, **kwargs)
+
+
+__all__ = ["MODELS", "build", "MLP", "Conv4", "ResNet18", "Dense", "Conv", "BatchStatNorm",
+           "kernel_init", "INITS", "NORMS"]

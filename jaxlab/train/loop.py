@@ -1,0 +1,188 @@
+"""The one training loop, shared by every method: `train_and_evaluate(config, workdir)`.
+
+What it does, in order:
+  1. joins a multi-process run if configured, builds the `data` mesh;
+  2. asks the method for its task (data + samplers) and validates everything a
+     user can get wrong before writing to `workdir`;
+  3. restores the newest readable checkpoint, or initialises the state
+     replicated on the mesh;
+  4. runs the jitted step: the task draws the batch on device from
+     `fold_in(data_key, step)`, the batch is sharded on `data`, the method
+     updates the state with `fold_in(step_key, step)`; so a resumed run
+     replays exactly what an uninterrupted one computes;
+  5. every `log_every` steps checks that all metrics since the last check are
+     finite (else stops without saving: `TrainingDiverged`), writes
+     `metrics.jsonl` and prints a progress line with steps/s and ETA;
+  6. evaluates every `eval_every` steps, checkpoints every `checkpoint_every`
+     steps and at the end, and writes `results.json` from the final evaluation.
+
+Outputs in `workdir`: `config.json`, `metrics.jsonl`, `results.json`,
+`checkpoints/<step>/`, and `tensorboard/` when tensorboardX is installed.
+"""
+
+import datetime
+import functools
+import json
+import math
+import os
+import time
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlab import methods
+from jaxlab.errors import TrainingDiverged
+from jaxlab.train import sharding
+from jaxlab.train.checkpoint import Checkpointer
+from jaxlab.train.metrics import MetricWriter
+
+
+def _write_json(path: str, payload) -> None:
+  """Atomic write: a kill never leaves half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def summarize(outputs, masks) -> Dict[str, float]:
+  """Mean and 95% CI half-width (1.96 std / sqrt(n)) of every per-item metric."""
+  mask = np.concatenate(masks) > 0
+  summary = {}
+  for key in outputs[0]:
+    values = np.concatenate([np.asarray(o[key]).reshape(len(m), -1).mean(-1)
+                             for o, m in zip(outputs, masks)])[mask]
+    summary[key] = float(values.mean())
+    summary[key + "_ci95"] = float(1.96 * values.std() / math.sqrt(max(1, len(values))))
+  return summary
+
+
+def _check_finite(pending, first_step: int, checkpoints: Checkpointer) -> Dict[str, float]:
+  """Mean of the pending train metrics; raises TrainingDiverged on any NaN/Inf."""
+  stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
+  for key, values in stacked.items():
+    bad = np.flatnonzero(~np.isfinite(np.asarray(values, np.float64)))
+    if bad.size:
+      step = first_step + int(bad[0])
+      checkpoints.wait()
+      saved = checkpoints.steps()
+      kept = f"the last good checkpoint (step {saved[-1]}) is intact in {checkpoints.directory}" if (
+          saved) else "no checkpoint had been saved"
+      raise TrainingDiverged(
+          f"training diverged: train/{key} = {float(np.asarray(values)[bad[0]])} at step {step}; "
+          f"stopped before saving it; {kept} (lower optimizer.learning_rate or add "
+          f"optimizer.grad_clip_norm)")
+  return {k: float(np.mean(v)) for k, v in stacked.items()}
+
+
+def _eta(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
+  """Trains `config.method` as configured, resuming from `workdir` if possible; returns results."""
+  sharding.initialize_distributed(config)
+  method = methods.get_method(config.method)
+  mesh = sharding.make_mesh()
+  task = method.make_task(config, mesh.size)
+  spec = task.spec
+  eval_splits = tuple(s.strip() for s in config.data.eval_splits.split(",") if s.strip())
+  eval_host = {split: task.eval_arrays(split) for split in eval_splits}
+  lead = jax.process_index() == 0
+  log = functools.partial(print, flush=True) if lead else (lambda *a, **k: None)
+
+  os.makedirs(workdir, exist_ok=True)
+  if lead:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+  init_key, data_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
+  init = lambda rng: method.init(config, rng, spec)
+  repl = sharding.replicated(mesh)
+  abstract = jax.eval_shape(init, init_key)
+  state_sharding = jax.tree.map(lambda _: repl, abstract)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
+                          abstract)
+
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+  restored = checkpoints.restore_latest(abstract)
+  if restored is None:
+    state, start = jax.jit(init, out_shardings=state_sharding)(init_key), 0
+  else:
+    state, start = restored
+    log(f"jaxlab: resuming from the checkpoint at step {start} in {checkpoints.directory}")
+  writer = MetricWriter(workdir, resume_step=start if restored else None)
+
+  train_data = sharding.put_replicated(task.train_arrays(), mesh)
+  eval_data = {split: sharding.put_replicated(a, mesh) for split, a in eval_host.items()}
+
+  def train_fn(state, data):
+    batch = sharding.shard_batch(task.train_batch(data, data_key, state.step), mesh)
+    rng = jax.random.fold_in(step_key, state.step)
+    return method.train_step(state, batch, rng, config=config, spec=spec)
+
+  def eval_fn(state, data, index):
+    batch = sharding.shard_batch(task.eval_batch(data, index), mesh)
+    return method.eval_step(state, batch, config=config, spec=spec), batch["mask"]
+
+  donate = (0,) if jax.default_backend() != "cpu" else ()  # XLA:CPU cannot donate
+  train_fn = jax.jit(train_fn, donate_argnums=donate, out_shardings=(state_sharding, repl))
+  eval_fn = jax.jit(eval_fn, out_shardings=repl)
+
+  def evaluate(state) -> Dict[str, float]:
+    results = {}
+    for split, data in eval_data.items():
+      outputs, masks = [], []
+      for index in range(task.num_eval_batches(data)):
+        out, mask = jax.device_get(eval_fn(state, data, jnp.int32(index)))
+        outputs.append(out)
+        masks.append(mask)
+      results.update({f"{split}/{k}": v for k, v in summarize(outputs, masks).items()})
+    return results
+
+  total = config.train.steps
+  log_every = max(1, config.train.log_every)
+  pending, started, last_time, last_step = [], time.time(), time.time(), start
+  try:
+    for step in range(start, total):
+      state, metrics = train_fn(state, train_data)
+      pending.append(metrics)
+      done = step + 1
+      final = done == total
+      do_eval = bool(config.train.eval_every) and done % config.train.eval_every == 0 and not final
+      do_save = final or (config.train.checkpoint_every and done % config.train.checkpoint_every == 0)
+      if final or do_eval or do_save or done % log_every == 0:
+        means = _check_finite(pending, done - len(pending) + 1, checkpoints)
+        pending = []
+        now = time.time()
+        rate = (done - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, done
+        writer.write(done, "train", {**means, "steps_per_sec": rate})
+        shown = " ".join(f"{k} {v:.4g}" for k, v in means.items())
+        log(f"step {done}/{total} | {shown} | {rate:.1f} steps/s | "
+            f"ETA {_eta((total - done) / max(rate, 1e-9))}")
+      if do_eval:
+        evaluation = evaluate(state)
+        for split in eval_splits:
+          writer.write(done, split, {k.split("/", 1)[1]: v for k, v in evaluation.items()
+                                     if k.startswith(split + "/")})
+        log(f"step {done}/{total} | " + " ".join(f"{k} {v:.4g}" for k, v in evaluation.items()
+                                                  if not k.endswith("_ci95")))
+      if do_save:
+        checkpoints.save(done, state)
+    results = {"step": int(jax.device_get(state.step)), **evaluate(state)}
+    for split in eval_splits:
+      writer.write(results["step"], split, {k.split("/", 1)[1]: v for k, v in results.items()
+                                            if k.startswith(split + "/")})
+  finally:
+    checkpoints.close()
+    writer.close()
+  if lead:
+    _write_json(os.path.join(workdir, "results.json"), results)
+  log(f"jaxlab: done in {time.time() - started:.1f}s; " + " ".join(
+      f"{k} {v:.4f}" for k, v in results.items() if k != "step" and not k.endswith("_ci95"))
+      + f"; wrote {os.path.join(workdir, 'results.json')}")
+  return results

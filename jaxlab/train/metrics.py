@@ -1,0 +1,60 @@
+"""The one metrics writer: `metrics.jsonl`, plus TensorBoard events when tensorboardX is installed.
+
+Each line of `workdir/metrics.jsonl` is `{"step": s, "split": "train", "loss": ..., ...}`.
+Only process 0 writes. On resume, lines after the restored step (written by the
+interrupted run and about to be recomputed, identically) are dropped, so the
+file reads like one uninterrupted run.
+"""
+
+import json
+import math
+import os
+from typing import Dict, Optional
+
+import jax
+
+
+def _clean(value):
+  value = float(value)
+  return value if math.isfinite(value) else str(value)
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str, resume_step: Optional[int] = None):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if not self.enabled:
+      return
+    if os.path.exists(self.path):
+      keep = []
+      with open(self.path) as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+          if resume_step is not None and record.get("step", 0) <= resume_step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+      with open(self.path, "w") as f:
+        f.writelines(keep)
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      self._tb = None
+
+  def write(self, step: int, split: str, values: Dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": split, **{k: _clean(v) for k, v in values.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for key, value in values.items():
+        self._tb.add_scalar(f"{split}/{key}", float(value), int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()

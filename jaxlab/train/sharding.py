@@ -1,0 +1,67 @@
+"""All device placement in one place: the mesh, replicated state, sharded batches.
+
+One mesh axis, `data`, over every device of every process. Parameters,
+optimizer state and the (small) datasets are replicated; each batch is
+sharded along its leading axis (examples, or tasks of a meta-batch). Under
+`jax.jit` the same code runs on one CPU, a GPU, a TPU host or a multi-host pod.
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxlab.errors import UserError
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(config) -> None:
+  """Joins a multi-process run when `config.distributed.enabled`.
+
+  With `coordinator_address` empty, JAX detects the cluster (Cloud TPU pods,
+  SLURM, ...). On CPU, cross-process collectives use gloo.
+  """
+  cfg = config.distributed
+  if not cfg.enabled:
+    return
+  if jax.distributed.is_initialized():
+    return
+  if cfg.coordinator_address:
+    if jax.config.jax_platforms in (None, "", "cpu") or cfg.get("cpu_collectives", False):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(cfg.coordinator_address, num_processes=cfg.num_processes,
+                               process_id=cfg.process_id)
+  else:
+    jax.distributed.initialize()
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+  """Host numpy arrays -> global arrays replicated on every device (multi-process safe)."""
+  sharding = replicated(mesh)
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, tree)
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """Inside jit: constrain every leaf's leading axis to the `data` mesh axis."""
+  def constrain(x):
+    if x.ndim == 0:
+      return x
+    if x.shape[0] % mesh.shape[DATA_AXIS]:
+      raise UserError(f"a batch axis of size {x.shape[0]} does not divide over the "
+                      f"{mesh.shape[DATA_AXIS]} devices of the data axis")
+    spec = P(DATA_AXIS, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+  return jax.tree.map(constrain, batch)
