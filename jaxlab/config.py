@@ -138,3 +138,21 @@ def base_config() -> ConfigDict:
   c.distributed = ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=1, process_id=0))
   return c
+
+
+def meta_learning_config() -> ConfigDict:
+  """`base_config()` plus episodic data (`episodes`) and inner-loop (`meta`) fields."""
+  c = base_config()
+  c.method = "maml"
+  c.data.eval_splits = "validation,test"
+  c.episodes = ConfigDict(dict(
+      ways=5, shots=1, queries=1, meta_batch=32, eval_episodes=600, eval_meta_batch=50,
+      eval_seed=0, rotations="all", eval_points=100))
+  c.meta = ConfigDict(dict(
+      inner_lr=0.4, train_steps=1, test_steps=3, learn_inner_lr=False, inner_frozen="",
+      task_parallel="auto", scan_inner=False))
+  c.optimizer.learning_rate = 1e-3
+  c.train.log_every = 100
+  c.train.eval_every = 0
+  c.train.checkpoint_every = 1000
+  return c

@@ -12,7 +12,7 @@ live in `jaxlab.data.episodes`.
 
 import dataclasses
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +26,10 @@ Arrays = Dict[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-  """What a model needs to know about its data."""
+  """What a model needs to know about its data: input shape, outputs, and the kind of loss."""
   input_shape: Tuple[int, ...]
-  num_classes: int
+  num_classes: int                 # logits per example (1 output for regression)
+  kind: str = "classification"     # or "regression"
 
 
 def preprocess_images(images: np.ndarray, size: int = 0, grayscale: bool = False) -> np.ndarray:
@@ -53,6 +54,20 @@ def select_classes(arrays: Arrays, classes: str, label_key: str = "label") -> Ar
     raise UserError(f"data.classes={classes!r} is not understood; valid: '' (all) or 'first:N'")
   keep = arrays[label_key] < int(value)
   return {k: v[keep] for k, v in arrays.items()}
+
+
+def load_arrays(data, split: str) -> Arrays:
+  """`image` (uint8 NHWC) and `label` (int32) of a split, preprocessed per `config.data`."""
+  raw = loading.load_split(data.name, split, data.data_dir or None, data.download)
+  for key in (data.image_key, data.label_key):
+    if key not in raw:
+      raise UserError(f"dataset {data.name!r} has no feature {key!r}; features: {', '.join(raw)}")
+  images = raw[data.image_key]
+  if images.ndim == 3:
+    images = images[..., None]
+  arrays = {"image": preprocess_images(images, data.image_size, data.grayscale),
+            "label": raw[data.label_key].astype(np.int32)}
+  return select_classes(arrays, data.classes)
 
 
 def epoch_indices(key: jax.Array, step: jax.Array, batch_size: int, n: int) -> jax.Array:
@@ -98,17 +113,7 @@ class SupervisedTask:
   def split_arrays(self, split: str) -> Arrays:
     """`image` (uint8 NHWC) and `label` (int32) of a split, cached on the host."""
     if split not in self._cache:
-      d = self._data
-      raw = loading.load_split(d.name, split, d.data_dir or None, d.download)
-      for key in (d.image_key, d.label_key):
-        if key not in raw:
-          raise UserError(f"dataset {d.name!r} has no feature {key!r}; features: {', '.join(raw)}")
-      images = raw[d.image_key]
-      if images.ndim == 3:
-        images = images[..., None]
-      arrays = {"image": preprocess_images(images, d.image_size, d.grayscale),
-                "label": raw[d.label_key].astype(np.int32)}
-      self._cache[split] = select_classes(arrays, d.classes)
+      self._cache[split] = load_arrays(self._data, split)
     return self._cache[split]
 
   # -- training ---------------------------------------------------------------
@@ -145,10 +150,3 @@ class SupervisedTask:
     batch["image"] = augment.to_float(batch["image"])
     return batch
 
-
-def eval_split_names(config) -> Tuple[str, ...]:
-  return tuple(s.strip() for s in config.data.eval_splits.split(",") if s.strip())
-
-
-def optional(value: str) -> Optional[str]:
-  return value or None

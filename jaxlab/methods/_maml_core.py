@@ -1,0 +1,160 @@
+"""Gradient-based meta-learning shared by `maml`, `fomaml`, `anil` and `boil`.
+
+One outer step (shared/methods/meta_learning_and_sparse.md §1(c)): for every
+task of the meta-batch, adapt the meta-parameters theta on the support set with
+`jaxlab.meta.adapt` (train steps), evaluate the adapted parameters on the query
+set, and update theta with the outer optimizer on the mean query loss,
+differentiated through the inner steps (second order unless first-order).
+BatchNorm is the transductive batch-statistics kind (§0.4 B1): the support pass
+and the query pass normalise with their own statistics.
+
+The variants differ in `first_order` and in which leaves adapt:
+  all   every leaf (MAML, FOMAML);
+  head  only the head (ANIL, Raghu et al. 2020, arXiv 1909.09157);
+  body  everything but the head (BOIL, Oh et al. 2021, arXiv 2008.08882).
+Leaves frozen in the inner loop are still meta-learned (as in Meta-ticket's
+code base, §1(h)4). `meta.inner_frozen` adds path substrings that never adapt,
+e.g. "BatchStatNorm" for MAML-TF's convention of BN offsets learned only by the
+outer loop (§1(h)3; default: BN adapts, the torchmeta/BOIL convention).
+
+Meta-SGD (`meta.learn_inner_lr`): per-parameter inner learning rates, initialised
+to `meta.inner_lr` and meta-learned with theta.
+
+Config fields (`config.meta`): inner_lr, train_steps, test_steps, learn_inner_lr,
+inner_frozen, task_parallel (`auto`, `vmap`, `map`, `unroll`), scan_inner.
+"""
+
+import functools
+from typing import Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlab import meta, models
+from jaxlab.data import episodes, tasks
+from jaxlab.errors import UserError, unknown
+from jaxlab.train import losses, optim
+from jaxlab.train.state import TrainState
+
+ADAPTS = ("all", "head", "body")
+TASK_PARALLEL = ("auto", "vmap", "map", "unroll")
+
+
+def make_task(config, num_devices: int = 1):
+  if config.data.name == "sinusoid":
+    return episodes.SinusoidTask(config, num_devices)
+  return episodes.EpisodicTask(config, num_devices)
+
+
+def init(config, rng: jax.Array, spec: tasks.Spec) -> TrainState:
+  model = models.build(config.model, spec.num_classes)
+  variables = model.init(rng, jnp.zeros((2,) + tuple(spec.input_shape)), train=True)
+  if set(variables) != {"params"}:
+    raise UserError(f"model.norm={config.model.get('norm')!r} keeps running statistics, which "
+                    "episodic meta-learning does not use; set model.norm to 'batch_stats' or 'none'")
+  params = {"model": variables["params"], "inner_lr": {}}
+  if config.meta.learn_inner_lr:
+    params["inner_lr"] = jax.tree.map(lambda p: jnp.full_like(p, config.meta.inner_lr),
+                                      variables["params"])
+  tx = optim.make_optimizer(config.optimizer, config.train.steps)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
+                    opt_state=tx.init(params))
+
+
+def trainable_mask(model_params, adapt: str, inner_frozen: str):
+  """Which leaves adapt in the inner loop: variant (`all`/`head`/`body`) minus `inner_frozen`."""
+  if adapt not in ADAPTS:
+    raise unknown("adapted leaves", adapt, ADAPTS)
+  frozen = [k.strip() for k in inner_frozen.split(",") if k.strip()]
+  def adapts(path: str) -> bool:
+    is_head = path.startswith("head/")
+    chosen = adapt == "all" or (adapt == "head") == is_head
+    return chosen and not any(k in path for k in frozen)
+  return meta.path_mask(model_params, adapts)
+
+
+def _loss_and_metric(spec: tasks.Spec) -> Callable:
+  if spec.kind == "regression":
+    def mse(out, y):
+      err = jnp.square(out - y).mean()
+      return err, {"mse": err}
+    return mse
+  def ce(logits, y):
+    return losses.cross_entropy(logits, y).mean(), {"accuracy": losses.correct(logits, y).mean()}
+  return ce
+
+
+def task_parallel(config) -> str:
+  choice = config.meta.task_parallel
+  if choice not in TASK_PARALLEL:
+    raise unknown("meta.task_parallel", choice, TASK_PARALLEL)
+  return "vmap" if choice == "auto" else choice
+
+
+def over_tasks(fn: Callable, batch, how: str):
+  """Applies `fn(task)` to every task of a meta-batch (leading axis) by vmap, lax.map or a loop."""
+  if how == "vmap":
+    return jax.vmap(fn)(batch)
+  if how == "map":
+    return jax.lax.map(fn, batch)
+  size = jax.tree.leaves(batch)[0].shape[0]
+  outs = [fn(jax.tree.map(lambda x, i=i: x[i], batch)) for i in range(size)]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def adapt_and_evaluate(params, task, *, config, spec: tasks.Spec, steps: int, first_order: bool,
+                       adapt: str):
+  """Adapts on `task["support"]`, returns (query loss, query metrics, inner losses)."""
+  model = models.build(config.model, spec.num_classes)
+  loss_metric = _loss_and_metric(spec)
+  inner_loss = lambda p, s: loss_metric(model.apply({"params": p}, s["x"], train=True), s["y"])[0]
+  inner_lr = params["inner_lr"] if config.meta.learn_inner_lr else config.meta.inner_lr
+  adapted, inner_losses = meta.adapt(
+      inner_loss, params["model"], task["support"], steps=steps, inner_lr=inner_lr,
+      first_order=first_order, trainable=trainable_mask(params["model"], adapt,
+                                                        config.meta.inner_frozen),
+      unroll=not config.meta.scan_inner, return_losses=True)
+  out = model.apply({"params": adapted}, task["query"]["x"], train=True)
+  loss, metrics = loss_metric(out, task["query"]["y"])
+  return loss, metrics, inner_losses
+
+
+def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.Spec,
+               first_order: bool, adapt: str):
+  del rng  # the episodes carry all the randomness
+  def meta_loss(params):
+    per_task = lambda task: adapt_and_evaluate(
+        params, task, config=config, spec=spec, steps=config.meta.train_steps,
+        first_order=first_order, adapt=adapt)
+    loss, metrics, inner_losses = over_tasks(per_task, batch, task_parallel(config))
+    aux = {k: v.mean() for k, v in metrics.items()}
+    if inner_losses.shape[-1]:
+      aux["inner/loss_before"] = inner_losses[:, 0].mean()
+    return loss.mean(), aux
+  (loss, aux), grads = jax.value_and_grad(meta_loss, has_aux=True)(state.params)
+  tx = optim.make_optimizer(config.optimizer, config.train.steps)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec, adapt: str) -> Dict:
+  """Per-episode query metrics after `meta.test_steps` steps (regression: after each step)."""
+  def per_task(task):
+    if spec.kind == "regression":
+      return {f"mse_step{k}": adapt_and_evaluate(
+          state.params, task, config=config, spec=spec, steps=k, first_order=True,
+          adapt=adapt)[1]["mse"] for k in sorted({0, 1, config.meta.test_steps})}
+    loss, metrics, _ = adapt_and_evaluate(state.params, task, config=config, spec=spec,
+                                          steps=config.meta.test_steps, first_order=True,
+                                          adapt=adapt)
+    return {"loss": loss, **metrics}
+  return over_tasks(per_task, {k: batch[k] for k in ("support", "query")}, task_parallel(config))
+
+
+def method_functions(first_order: bool, adapt: str):
+  """The (train_step, eval_step) of one variant."""
+  return (functools.partial(train_step, first_order=first_order, adapt=adapt),
+          functools.partial(eval_step, adapt=adapt))
