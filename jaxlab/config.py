@@ -150,7 +150,7 @@ def meta_learning_config() -> ConfigDict:
       eval_seed=0, rotations="all", eval_points=100))
   c.meta = ConfigDict(dict(
       inner_lr=0.4, train_steps=1, test_steps=3, learn_inner_lr=False, inner_frozen="",
-      task_parallel="auto", scan_inner=False))
+      task_parallel="auto", task_groups=8, scan_inner=False))
   c.optimizer.learning_rate = 1e-3
   c.train.log_every = 100
   c.train.eval_every = 0

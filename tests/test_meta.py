@@ -145,7 +145,8 @@ def test_query_pass_uses_its_own_batch_statistics():
   from jaxlab.data.tasks import Spec
   config = ml_collections.ConfigDict(dict(
       model=dict(name="mlp", hidden=(8,), norm="batch_stats", weight_init="torch"),
-      meta=dict(inner_lr=0.4, learn_inner_lr=False, inner_frozen="", scan_inner=False)))
+      meta=dict(inner_lr=0.4, learn_inner_lr=False, inner_frozen="", scan_inner=False,
+                task_parallel="auto", task_groups=8)))
   spec = Spec(input_shape=(4,), num_classes=3)
   model = models.build(config.model, 3)
   params = {"model": model.init(jax.random.key(0), jnp.ones((2, 4)))["params"], "inner_lr": {}}
@@ -157,3 +158,32 @@ def test_query_pass_uses_its_own_batch_statistics():
   run = lambda t: _maml_core.adapt_and_evaluate(params, t, config=config, spec=spec, steps=1,
                                                 first_order=False, adapt="all")[0]
   np.testing.assert_allclose(run(task), run(shifted), rtol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["groups", "map", "unroll"])
+def test_task_parallel_choices_compute_the_same_meta_step(how):
+  import jaxlab
+  from jaxlab.data.tasks import Spec
+  method = jaxlab.get_method("maml")
+  spec = Spec(input_shape=(12, 12, 1), num_classes=3)
+  rng = np.random.default_rng(0)
+  batch = {s: {"x": rng.uniform(size=(4, 3 * k, 12, 12, 1)).astype(np.float32),
+               "y": np.tile(np.arange(3).repeat(k), (4, 1)).astype(np.int32)}
+           for s, k in (("support", 1), ("query", 2))}
+  def run(parallel):
+    config = jaxlab.load_config("configs/maml.py:tiny", {
+        "meta.task_parallel": parallel, "meta.task_groups": 2,
+        "model": ml_collections.ConfigDict(dict(name="mlp", hidden=(16,), norm="batch_stats",
+                                                weight_init="torch")),
+        # SGD: Adam would turn float noise in the exactly-zero gradients of the conv biases
+        # that feed BatchNorm into +-lr updates of random sign
+        "optimizer.name": "sgd", "optimizer.momentum": 0.0, "optimizer.learning_rate": 0.1})
+    state = method.init(config, jax.random.key(0), spec)
+    step = jax.jit(lambda s, b: method.train_step(s, b, jax.random.key(0), config=config,
+                                                  spec=spec))
+    state, metrics = step(state, batch)
+    return jax.tree.leaves(state.params), metrics["loss"]
+  (p_vmap, l_vmap), (p_how, l_how) = run("vmap"), run(how)
+  np.testing.assert_allclose(l_vmap, l_how, rtol=1e-5)
+  for a, b in zip(p_vmap, p_how):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
