@@ -125,7 +125,8 @@ def base_config() -> ConfigDict:
   c.method = "erm"
   c.seed = 0
   c.data = ConfigDict(dict(
-      name="digits", data_dir="", download=False, train_split="train", eval_splits="test",
+      name="digits", data_dir="", manual_dir="", download=False, train_split="train",
+      eval_splits="test",
       image_key="image", label_key="label", image_size=0, grayscale=False, classes=""))
   c.aug = ConfigDict(dict(crop_padding=0, flip=False))
   c.model = ConfigDict(dict(name="mlp", hidden=(256, 256), norm="none", weight_init="flax"))

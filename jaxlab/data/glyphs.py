@@ -58,6 +58,7 @@ FACES = (
     "DejaVuSansMono-BoldOblique.ttf",
     "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
 )
+NUM_CHARACTERS = 2359  # len(character_table()) for this version; checked when building
 INSTANCES_PER_CHARACTER = 20
 COLOR32_TRAIN_INSTANCES = 16
 _HOMOGLYPH_PIXELS = 6
@@ -222,7 +223,7 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
         description=__doc__,
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Tensor(shape=(size, size, channels), dtype=np.uint8),
-            "label": tfds.features.ClassLabel(num_classes=len(character_table())),
+            "label": tfds.features.ClassLabel(num_classes=NUM_CHARACTERS),
             "alphabet": tfds.features.ClassLabel(names=[s.lower().replace(" ", "_") for s in SCRIPTS]),
             "codepoint": tfds.features.Tensor(shape=(), dtype=np.int32),
             "instance": tfds.features.Tensor(shape=(), dtype=np.int32),
@@ -233,8 +234,11 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     cfg = self.builder_config
-    images = render_all(cfg.size, cfg.color, cfg.seed)
     table = character_table()
+    if len(table) != NUM_CHARACTERS:
+      raise RuntimeError(f"found {len(table)} characters, version {self.VERSION} has "
+                         f"{NUM_CHARACTERS}: the installed fonts differ from the ones it was made with")
+    images = render_all(cfg.size, cfg.color, cfg.seed)
     if cfg.color:
       train = range(COLOR32_TRAIN_INSTANCES)
       test = range(COLOR32_TRAIN_INSTANCES, INSTANCES_PER_CHARACTER)

@@ -58,7 +58,8 @@ def select_classes(arrays: Arrays, classes: str, label_key: str = "label") -> Ar
 
 def load_arrays(data, split: str) -> Arrays:
   """`image` (uint8 NHWC) and `label` (int32) of a split, preprocessed per `config.data`."""
-  raw = loading.load_split(data.name, split, data.data_dir or None, data.download)
+  raw = loading.load_split(data.name, split, data.data_dir or None, data.download,
+                           data.get("manual_dir") or None)
   for key in (data.image_key, data.label_key):
     if key not in raw:
       raise UserError(f"dataset {data.name!r} has no feature {key!r}; features: {', '.join(raw)}")
