@@ -6,7 +6,9 @@ unknown `--config.a.b=...` key with the list of valid keys before absl sees it.
 `presets` is the small helper every `configs/*.py` uses for its `get_config(arg)`.
 """
 
+import ast
 import importlib.util
+import inspect
 import os
 import pathlib
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
@@ -101,13 +103,31 @@ def check_overrides(config: ConfigDict, argv: Sequence[str]) -> None:
       check_key(config, arg[len("--config."):].split("=", 1)[0])
 
 
-def presets(arg: Optional[str], table: Dict[str, Callable[[], ConfigDict]],
+def presets(arg: Optional[str], table: Dict[str, Callable[..., ConfigDict]],
             default: str, config_file: str) -> ConfigDict:
-  """Returns `table[arg]()`, or a UserError listing the presets of `config_file`."""
-  name = arg or default
+  """`table[name](**kwargs)` for `arg = "name[,key=value,...]"` (big_vision style).
+
+  Values are Python literals (`width=0.5`), else strings (`method=iterand`). An
+  unknown preset or argument is a UserError listing the valid ones.
+  """
+  name, *pairs = (arg or default).split(",")
   if name not in table:
     raise unknown("preset", name, table, f"presets of {config_file}")
-  return table[name]()
+  kwargs = {}
+  for pair in pairs:
+    key, sep, value = pair.partition("=")
+    if not sep:
+      raise UserError(f"preset argument {pair!r} of {config_file}:{arg} is not key=value")
+    try:
+      kwargs[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      kwargs[key.strip()] = value
+  accepted = inspect.signature(table[name]).parameters
+  extra = sorted(set(kwargs) - set(accepted))
+  if extra:
+    raise unknown("argument of preset " + name, extra[0], accepted or ["(none)"],
+                  f"{config_file}")
+  return table[name](**kwargs)
 
 
 def flatten(config: ConfigDict, prefix: str = "") -> Iterable[str]:

@@ -155,8 +155,9 @@ def test_query_pass_uses_its_own_batch_statistics():
           "query": {"x": jax.random.normal(k[1], (6, 4)), "y": jnp.arange(6) % 3}}
   shifted = {"support": task["support"],
              "query": {"x": task["query"]["x"] + 5.0, "y": task["query"]["y"]}}
-  run = lambda t: _maml_core.adapt_and_evaluate(params, t, config=config, spec=spec, steps=1,
-                                                first_order=False, adapt="all")[0]
+  run = lambda t: _maml_core.adapt_and_evaluate(params["model"], t, config=config, spec=spec,
+                                                steps=1, first_order=False, adapt="all",
+                                                inner_lr=0.4)[0]
   np.testing.assert_allclose(run(task), run(shifted), rtol=1e-5)
 
 

@@ -125,21 +125,28 @@ def over_tasks(fn: Callable, batch, how: str, groups: int = 8):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
-def adapt_and_evaluate(params, task, *, config, spec: tasks.Spec, steps: int, first_order: bool,
-                       adapt: str):
-  """Adapts on `task["support"]`, returns (query loss, query metrics, inner losses)."""
+def adapt_and_evaluate(inner_params, task, *, config, spec: tasks.Spec, steps: int,
+                       first_order: bool, adapt: str, inner_lr, to_model: Callable = lambda p: p):
+  """Adapts `inner_params` on `task["support"]`; returns (query loss, query metrics, inner losses).
+
+  The model computes with `to_model(inner_params)` (identity for MAML; the masked
+  weights for Meta-ticket), so the inner gradients are taken through that map.
+  """
   model = models.build(config.model, spec.num_classes)
   loss_metric = _loss_and_metric(spec)
-  inner_loss = lambda p, s: loss_metric(model.apply({"params": p}, s["x"], train=True), s["y"])[0]
-  inner_lr = params["inner_lr"] if config.meta.learn_inner_lr else config.meta.inner_lr
+  forward = lambda p, x: model.apply({"params": to_model(p)}, x, train=True)
+  inner_loss = lambda p, s: loss_metric(forward(p, s["x"]), s["y"])[0]
   adapted, inner_losses = meta.adapt(
-      inner_loss, params["model"], task["support"], steps=steps, inner_lr=inner_lr,
-      first_order=first_order, trainable=trainable_mask(params["model"], adapt,
+      inner_loss, inner_params, task["support"], steps=steps, inner_lr=inner_lr,
+      first_order=first_order, trainable=trainable_mask(inner_params, adapt,
                                                         config.meta.inner_frozen),
       unroll=not config.meta.scan_inner, return_losses=True)
-  out = model.apply({"params": adapted}, task["query"]["x"], train=True)
-  loss, metrics = loss_metric(out, task["query"]["y"])
+  loss, metrics = loss_metric(forward(adapted, task["query"]["x"]), task["query"]["y"])
   return loss, metrics, inner_losses
+
+
+def _inner_lr(params, config):
+  return params["inner_lr"] if config.meta.learn_inner_lr else config.meta.inner_lr
 
 
 def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.Spec,
@@ -147,8 +154,8 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.
   del rng  # the episodes carry all the randomness
   def meta_loss(params):
     per_task = lambda task: adapt_and_evaluate(
-        params, task, config=config, spec=spec, steps=config.meta.train_steps,
-        first_order=first_order, adapt=adapt)
+        params["model"], task, config=config, spec=spec, steps=config.meta.train_steps,
+        first_order=first_order, adapt=adapt, inner_lr=_inner_lr(params, config))
     loss, metrics, inner_losses = over_tasks(per_task, batch, task_parallel(config),
                                              config.meta.task_groups)
     aux = {k: v.mean() for k, v in metrics.items()}
@@ -164,17 +171,23 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.
 
 
 def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec, adapt: str) -> Dict:
-  """Per-episode query metrics after `meta.test_steps` steps (regression: after each step)."""
+  return evaluate_episodes(state.params["model"], batch, config=config, spec=spec, adapt=adapt,
+                           inner_lr=_inner_lr(state.params, config))
+
+
+def evaluate_episodes(inner_params, batch, *, config, spec: tasks.Spec, adapt: str, inner_lr,
+                      to_model: Callable = lambda p: p) -> Dict:
+  """Per-episode query metrics after `meta.test_steps` steps (regression: after 0, 1 and
+  `test_steps` steps). One vmap: evaluation is first order and runs rarely, so compile
+  time matters more here than in the train step."""
+  run = functools.partial(adapt_and_evaluate, config=config, spec=spec, first_order=True,
+                          adapt=adapt, inner_lr=inner_lr, to_model=to_model)
   def per_task(task):
     if spec.kind == "regression":
-      return {f"mse_step{k}": adapt_and_evaluate(
-          state.params, task, config=config, spec=spec, steps=k, first_order=True,
-          adapt=adapt)[1]["mse"] for k in sorted({0, 1, config.meta.test_steps})}
-    loss, metrics, _ = adapt_and_evaluate(state.params, task, config=config, spec=spec,
-                                          steps=config.meta.test_steps, first_order=True,
-                                          adapt=adapt)
+      return {f"mse_step{k}": run(inner_params, task, steps=k)[1]["mse"]
+              for k in sorted({0, 1, config.meta.test_steps})}
+    loss, metrics, _ = run(inner_params, task, steps=config.meta.test_steps)
     return {"loss": loss, **metrics}
-  # one vmap: evaluation is first order and runs rarely, so compile time matters more here
   return jax.vmap(per_task)({k: batch[k] for k in ("support", "query")})
 
 

@@ -11,9 +11,10 @@ import ml_collections
 
 from jaxlab.errors import UserError, unknown
 from jaxlab.models.layers import INITS, NORMS, BatchStatNorm, Conv, Dense, kernel_init
-from jaxlab.models.nets import MLP, Conv4, ResNet18
+from jaxlab.models.nets import MLP, Conv4, Conv6, ResNet12, ResNet18
 
-MODELS: Dict[str, Type[nn.Module]] = {"mlp": MLP, "conv4": Conv4, "resnet18": ResNet18}
+MODELS: Dict[str, Type[nn.Module]] = {"mlp": MLP, "conv4": Conv4, "conv6": Conv6,
+                                      "resnet12": ResNet12, "resnet18": ResNet18}
 
 
 def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -37,5 +38,5 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   return cls(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build", "MLP", "Conv4", "ResNet18", "Dense", "Conv", "BatchStatNorm",
+__all__ = ["MODELS", "build", "MLP", "Conv4", "Conv6", "ResNet12", "ResNet18", "Dense", "Conv", "BatchStatNorm",
            "kernel_init", "INITS", "NORMS"]

@@ -158,15 +158,19 @@ class BatchStatNorm(nn.Module):
     return y
 
 
-NORMS = ("none", "batch_stats", "batch_norm")
+NORMS = ("none", "batch_stats", "batch_norm", "batch_norm_nonaffine")
 
 
 def make_norm(kind: str, train: bool, epsilon: float = 1e-5, momentum: float = 0.9) -> Callable:
-  """`none`, `batch_stats` (B1, no running averages) or `batch_norm` (running averages)."""
+  """`none`; `batch_stats` (B1: batch statistics always, affine, no running averages);
+  `batch_norm` (running averages, affine); `batch_norm_nonaffine` (running averages, no
+  scale or offset: edge-popup / IteRand)."""
   if kind == "none":
     return lambda x: x
   if kind == "batch_stats":
     return BatchStatNorm(epsilon=epsilon)
-  if kind == "batch_norm":
-    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon)
+  if kind in ("batch_norm", "batch_norm_nonaffine"):
+    affine = kind == "batch_norm"
+    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
+                        use_scale=affine, use_bias=affine)
   raise unknown("norm", kind, NORMS)

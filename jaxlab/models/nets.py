@@ -1,4 +1,4 @@
-"""Backbones: MLP, the few-shot Conv-4, and a CIFAR-style ResNet-18.
+"""Backbones: MLP, the few-shot Conv-4, Conv-6 (edge-popup/IteRand), and ResNet-18.
 
 All take NHWC float images in [0, 1] (MLP flattens), normalise them with
 optional per-channel `mean`/`std`, and return logits, or with
@@ -33,6 +33,7 @@ class MLP(nn.Module):
   hidden: Sequence[int] = (256, 256)
   norm: str = "none"
   norm_epsilon: float = 1e-5
+  use_bias: bool = True
   weight_init: str = "flax"
   mean: Tuple[float, ...] = ()
   std: Tuple[float, ...] = ()
@@ -41,12 +42,13 @@ class MLP(nn.Module):
   def __call__(self, x, train: bool = False, return_features: bool = False):
     x = _normalise(x, self.mean, self.std).reshape(x.shape[0], -1)
     for width in self.hidden:
-      x = Dense(width, weight_init=self.weight_init)(x)
+      x = Dense(width, use_bias=self.use_bias, weight_init=self.weight_init)(x)
       x = make_norm(self.norm, train, self.norm_epsilon)(x)
       x = nn.relu(x)
     if return_features:
       return x
-    return Dense(self.num_classes, weight_init=self.weight_init, name="head")(x)
+    return Dense(self.num_classes, use_bias=self.use_bias, weight_init=self.weight_init,
+                 name="head")(x)
 
 
 class Conv4(nn.Module):
@@ -68,11 +70,50 @@ class Conv4(nn.Module):
         x = Conv(self.filters, 3, padding=1, weight_init=self.weight_init)(x)
       x = nn.relu(make_norm(self.norm, train)(x))
       if self.variant != "strided":
-        x = nn.max_pool(x, (2, 2), (2, 2), padding="VALID")
+        x = max_pool_2x2(x)
     x = x.mean((1, 2)) if self.variant == "strided" else x.reshape(x.shape[0], -1)
     if return_features:
       return x
     return Dense(self.num_classes, weight_init=self.weight_init, name="head")(x)
+
+
+class Conv6(nn.Module):
+  """Conv-6 of edge-popup / IteRand (CIFAR-10), width factor `width`:
+  [conv 64w, conv 64w, pool] [128w x2, pool] [256w x2, pool], then 256w -> 256w -> classes
+  as dense layers (the references' 1x1 convs on a 1x1 map). 3x3 convs, padding 1."""
+  num_classes: int
+  width: float = 1.0
+  norm: str = "none"
+  use_bias: bool = False
+  weight_init: str = "kaiming_uniform"
+  mean: Tuple[float, ...] = ()
+  std: Tuple[float, ...] = ()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, return_features: bool = False):
+    x = _normalise(x, self.mean, self.std)
+    for channels in (64, 128, 256):
+      for _ in range(2):
+        x = Conv(int(channels * self.width), 3, padding=1, use_bias=self.use_bias,
+                 weight_init=self.weight_init)(x)
+        x = nn.relu(make_norm(self.norm, train)(x))
+      x = max_pool_2x2(x)
+    x = x.reshape(x.shape[0], -1)
+    for _ in range(2):
+      x = Dense(int(256 * self.width), use_bias=self.use_bias, weight_init=self.weight_init)(x)
+      x = nn.relu(make_norm(self.norm, train)(x))
+    if return_features:
+      return x
+    return Dense(self.num_classes, use_bias=self.use_bias, weight_init=self.weight_init,
+                 name="head")(x)
+
+
+def max_pool_2x2(x):
+  """2x2 max-pool, stride 2, VALID, as a reshape + max (its gradient avoids XLA:CPU's slow
+  select-and-scatter)."""
+  n, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
 
 
 class BasicBlock(nn.Module):
@@ -93,11 +134,44 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
+class ResNet12(nn.Module):
+  """ResNet-12 of BOIL / Meta-ticket (shared/methods/meta_learning_and_sparse.md §1(e)):
+  4 stages of widths 64-128-256-512 (x `width`/64), each 3 x [3x3 conv (no bias) -> BN],
+  LeakyReLU(0.1) after the first two, a 1x1 conv + BN projection shortcut, add ->
+  LeakyReLU -> 2x2 max-pool; global average pool; linear head. BN uses batch statistics
+  (B1); convs kaiming_normal(fan_out), head PyTorch default."""
+  num_classes: int
+  width: int = 64
+  norm: str = "batch_stats"
+  weight_init: str = "kaiming_normal_fan_out"
+  mean: Tuple[float, ...] = ()
+  std: Tuple[float, ...] = ()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, return_features: bool = False):
+    x = _normalise(x, self.mean, self.std)
+    for stage in range(4):
+      filters = self.width * 2**stage
+      y = x
+      for i in range(3):
+        y = Conv(filters, 3, padding=1, use_bias=False, weight_init=self.weight_init)(y)
+        y = make_norm(self.norm, train)(y)
+        if i < 2:
+          y = nn.leaky_relu(y, 0.1)
+      shortcut = Conv(filters, 1, padding=0, use_bias=False, weight_init=self.weight_init)(x)
+      x = max_pool_2x2(nn.leaky_relu(y + make_norm(self.norm, train)(shortcut), 0.1))
+    x = x.mean((1, 2))
+    if return_features:
+      return x
+    return Dense(self.num_classes, weight_init="torch", name="head")(x)
+
+
 class ResNet18(nn.Module):
   """ResNet-18 (He et al. 2016). `stem='cifar'`: 3x3 stride-1 stem, no max-pool (32x32 inputs);
   `stem='imagenet'`: 7x7 stride-2 stem and 3x3 max-pool (224x224 inputs)."""
   num_classes: int
   width: int = 64
+  stem_width: int = 0  # 0: `width`; IteRand's CIFAR ResNets keep a 64-channel stem at any width
   stem: str = "cifar"
   norm: str = "batch_norm"
   weight_init: str = "kaiming_normal_fan_out"
@@ -107,12 +181,13 @@ class ResNet18(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
     x = _normalise(x, self.mean, self.std)
+    stem_width = self.stem_width or self.width
     if self.stem == "imagenet":
-      x = Conv(self.width, 7, 2, padding=3, use_bias=False, weight_init=self.weight_init)(x)
+      x = Conv(stem_width, 7, 2, padding=3, use_bias=False, weight_init=self.weight_init)(x)
       x = nn.relu(make_norm(self.norm, train)(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = Conv(self.width, 3, 1, padding=1, use_bias=False, weight_init=self.weight_init)(x)
+      x = Conv(stem_width, 3, 1, padding=1, use_bias=False, weight_init=self.weight_init)(x)
       x = nn.relu(make_norm(self.norm, train)(x))
     for stage, blocks in enumerate((2, 2, 2, 2)):
       for b in range(blocks):

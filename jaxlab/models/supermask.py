@@ -1,0 +1,197 @@
+"""Supermasks: binary masks over frozen random weights, learned through scores.
+
+Shared by edge-popup (Ramanujan et al. 2020, arXiv 1911.13299), IteRand (Chijiwa
+et al. 2021, arXiv 2106.09269) and Meta-ticket (Chijiwa et al. 2022, arXiv
+2205.15619); building blocks B2-B5 of shared/methods/meta_learning_and_sparse.md §0.4.
+
+Masking is a transformation of a model's parameter pytree, so every model in
+`jaxlab.models` (MLP, Conv-4, Conv-6, ResNet-18) becomes a masked network without
+a second set of layer classes: for each selected kernel (a flat path such as
+"Dense_1/kernel"), the layer computes with W * m(S) instead of W, where S are the
+scores (same shape as W) and m their binary mask.
+
+Threshold policies (`POLICIES`, B3); p is the fraction of a layer PRUNED:
+  topk_raw         per layer, prune the round(p (n-1)) lowest raw scores (IteRand:
+                   keep s >= the k-th smallest score, k = 1 + round(p (n-1)));
+  topk_abs         per layer, prune the floor(p n) lowest |s| (edge-popup, whose
+                   `prune_rate` k is the kept fraction 1 - p);
+  global_abs       prune the floor(p N) lowest |s| over all selected layers together
+                   (the frozen-SLT paper's global edge-popup);
+  fixed_threshold  keep s >= tau_l, tau_l fixed once from the initial scores
+                   (Meta-ticket's "SparseModule2"; tau_l = the k-th smallest initial
+                   score with k = 1 + round(q (n-1)), q = `init_sparsity`), so the
+                   sparsity floats during training.
+The top-k policies rank by a stable sort, so the kept count is exact and ties
+are broken by position, deterministically.
+
+Gradient (B2): the mask is a straight-through estimator implemented with
+`jax.custom_vjp`: the forward pass returns the hard 0/1 mask exactly and the
+backward pass hands the cotangent to the scores unchanged, as the PyTorch
+autograd functions of the references do. So dL/dS = (dL/dW_eff) * W, times
+sign(S) for the |s| policies (the STE is applied to |S| and autodiff
+differentiates the abs, as in edge-popup's code).
+"""
+
+from typing import Dict, Mapping, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from jaxlab.errors import unknown
+from jaxlab.models.layers import kernel_init
+
+POLICIES = ("topk_raw", "topk_abs", "global_abs", "fixed_threshold")
+Flat = Dict[str, jax.Array]
+
+
+@jax.custom_vjp
+def straight_through(scores: jax.Array, hard: jax.Array) -> jax.Array:
+  """Returns `hard`; its cotangent flows to `scores` unchanged."""
+  del scores
+  return hard
+
+
+def _st_fwd(scores, hard):
+  del scores
+  return hard, None
+
+
+def _st_bwd(_, cotangent):
+  return cotangent, jnp.zeros_like(cotangent)
+
+
+straight_through.defvjp(_st_fwd, _st_bwd)
+
+
+def flatten(tree) -> Flat:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+
+
+def unflatten(flat: Flat):
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def select(params, include: str = "kernel", exclude: str = "") -> list:
+  """Flat paths of the leaves to mask: paths containing an `include` keyword and no
+  `exclude` keyword (comma-separated substrings)."""
+  inc = [k.strip() for k in include.split(",") if k.strip()]
+  exc = [k.strip() for k in exclude.split(",") if k.strip()]
+  return sorted(p for p in flatten(params)
+                if any(k in p for k in inc) and not any(k in p for k in exc))
+
+
+def init_scores(rng: jax.Array, params, paths) -> Flat:
+  """Scores for `paths`, kaiming_uniform U(+-sqrt(6/fan_in)) as in the references."""
+  flat = flatten(params)
+  keys = jax.random.split(rng, max(1, len(paths)))
+  init = kernel_init("kaiming_uniform")
+  return {p: init(k, flat[p].shape, flat[p].dtype) for p, k in zip(paths, keys)}
+
+
+def _ordered_bits(values: jax.Array) -> jax.Array:
+  """uint32 keys with the same order as the float32 values (sign-magnitude -> offset)."""
+  # + 0.0 turns -0.0 into +0.0: equal floats must get equal keys
+  bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32) + 0.0, jnp.uint32)
+  sign = bits >> 31
+  return jnp.where(sign == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _kth_key(keys: jax.Array, k) -> jax.Array:
+  """The k-th smallest (0-based) of uint32 `keys`, by bisection: 32 counting passes.
+
+  XLA:CPU sorts slowly (30 ms for 65k floats, here); counting is a fused reduction."""
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    enough = (keys <= mid).sum() >= k + 1
+    return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+  lo, _ = jax.lax.fori_loop(0, 32, body, (keys.min(), keys.max()))
+  return lo
+
+
+def _keep_all_but_lowest(values: jax.Array, num_pruned: int) -> jax.Array:
+  """0 for the `num_pruned` smallest entries, 1 elsewhere; among entries equal to the
+  threshold, the lowest positions are pruned first (as a stable argsort would)."""
+  if num_pruned <= 0:
+    return jnp.ones_like(values)
+  if num_pruned >= values.size:
+    return jnp.zeros_like(values)
+  keys = _ordered_bits(values.ravel())
+  tau = _kth_key(keys, num_pruned)                   # the smallest kept value
+  below = (keys < tau).sum()
+  ties = keys == tau
+  tie_rank = jnp.cumsum(ties) - 1                    # position among the tied entries
+  keep = (keys > tau) | (ties & (tie_rank >= num_pruned - below))
+  return keep.astype(values.dtype).reshape(values.shape)
+
+
+def kth_smallest(values: jax.Array, fraction: float) -> jax.Array:
+  """PyTorch's kthvalue with k = 1 + round(fraction * (n - 1))."""
+  k = 1 + round(fraction * (values.size - 1))
+  return jnp.sort(values.ravel())[k - 1]
+
+
+def thresholds(scores: Flat, init_sparsity: float) -> Flat:
+  """Per-layer fixed thresholds for `fixed_threshold` (from the initial scores)."""
+  return {p: kth_smallest(s, init_sparsity) for p, s in scores.items()}
+
+
+def masks(scores: Flat, policy: str, sparsity: float = 0.0,
+          fixed: Optional[Mapping[str, jax.Array]] = None) -> Flat:
+  """Straight-through masks (forward: exact 0/1) of every scored layer."""
+  if policy not in POLICIES:
+    raise unknown("supermask policy", policy, POLICIES)
+  if policy == "topk_raw":
+    return {p: straight_through(s, _keep_all_but_lowest(jax.lax.stop_gradient(s),
+                                                         round(sparsity * (s.size - 1))))
+            for p, s in scores.items()}
+  if policy == "topk_abs":
+    return {p: straight_through(jnp.abs(s), _keep_all_but_lowest(
+        jax.lax.stop_gradient(jnp.abs(s)), int(sparsity * s.size))) for p, s in scores.items()}
+  if policy == "global_abs":
+    paths = sorted(scores)
+    flat = jnp.concatenate([jnp.abs(jax.lax.stop_gradient(scores[p])).ravel() for p in paths])
+    hard = _keep_all_but_lowest(flat, int(sparsity * flat.size))
+    out, start = {}, 0
+    for p in paths:
+      size = scores[p].size
+      out[p] = straight_through(jnp.abs(scores[p]), hard[start:start + size].reshape(
+          scores[p].shape))
+      start += size
+    return out
+  return {p: straight_through(s, (jax.lax.stop_gradient(s) >= fixed[p]).astype(s.dtype))
+          for p, s in scores.items()}
+
+
+def apply(params, layer_masks: Mapping[str, jax.Array]):
+  """The parameter pytree with every masked kernel W replaced by W * m."""
+  flat = flatten(params)
+  for path, m in layer_masks.items():
+    flat[path] = flat[path] * m
+  return unflatten(flat)
+
+
+def rerandomize(rng: jax.Array, params, hard_masks: Mapping[str, jax.Array], rate: float,
+                init: str):
+  """B5: W <- m W + (1 - m) [(1 - b) W + b W~], b ~ Bernoulli(rate), W~ ~ the init `init`.
+
+  Only pruned entries (m = 0) can change. Not differentiated (an in-place reset)."""
+  flat = flatten(params)
+  draw = kernel_init(init)
+  for i, (path, m) in enumerate(sorted(hard_masks.items())):
+    k_bern, k_new = jax.random.split(jax.random.fold_in(rng, i))
+    w = flat[path]
+    b = jax.random.bernoulli(k_bern, rate, w.shape).astype(w.dtype)
+    m = jax.lax.stop_gradient(m)
+    flat[path] = m * w + (1 - m) * ((1 - b) * w + b * draw(k_new, w.shape, w.dtype))
+  return unflatten(flat)
+
+
+def sparsity(layer_masks: Mapping[str, jax.Array]) -> Dict[str, jax.Array]:
+  """Fraction of pruned entries per layer and over all layers (`all`)."""
+  out = {p: 1.0 - jax.lax.stop_gradient(m).mean() for p, m in layer_masks.items()}
+  total = sum(m.size for m in layer_masks.values())
+  if total:
+    out["all"] = 1.0 - sum(jax.lax.stop_gradient(m).sum() for m in layer_masks.values()) / total
+  return out
