@@ -19,7 +19,7 @@ rerand_rate (Meta-ticket re-randomisation every 1000 steps; 0 = off).
                               biases meta-learned with AdamW 1e-3 (aux); scores AdamW 1e-3;
                               inner lr 0.01, 5 steps, 5 support + 5 query points;
                               re-randomisation rate 1.0 every 1000 steps.
-Iterations: 30,000 (MT's configs); on a 2-core CPU see docs/meta_ticket.md.
+Iterations: 30,000 (MT's configs); on a 2-core CPU see docs/supermask.md.
 """
 
 import ml_collections

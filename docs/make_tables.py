@@ -19,35 +19,55 @@ import statistics
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
 
-# table name -> (markdown file, metric, scale, row order, column order)
+# table name -> (markdown file, metric, scale, row order, column order[, source]).
+# metric None: the columns are the `test/*` metrics of each run (sinusoid: MSE after k
+# steps). A metric ending in "/*" (e.g. "train/sparsity/*"): the rows are what the star
+# matches, read from the runs of `source` = (table directory, row directory).
 TABLES = {
     "maml_sinusoid": ("maml.md", None, 1.0, ["maml", "pretrained"],
                       ["mse_step0", "mse_step1", "mse_step10"]),
     "maml_glyphs": ("maml.md", "test/accuracy", 100.0,
                     ["maml", "fomaml", "anil", "boil", "scratch"], ["5w1s", "5w5s"]),
+    "supermask_digits": ("supermask.md", "test/accuracy", 100.0,
+                         ["edge_popup", "iterand", "iterand_r0.01", "iterand_r1.0",
+                          "edge_popup_signed", "iterand_signed", "erm"], ["w0.25", "w0.5", "w1", "w2"]),
+    "meta_ticket_width": ("supermask.md", "test/accuracy", 100.0, ["maml", "meta_ticket"],
+                          [f"f{f}_5w{k}s" for k in (1, 5) for f in (1, 2, 4, 8)]),
+    "meta_ticket_sparsity": ("supermask.md", "train/sparsity/*", 100.0,
+                             ["Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel",
+                              "Dense_3/kernel", "all"],
+                             [f"f{f}_5w{k}s" for k in (1, 5) for f in (1, 2, 4, 8)],
+                             ("meta_ticket_width", "meta_ticket")),
 }
 
 
 def collect(runs: str, table: str):
   """{(row, column): [values over seeds]} for one table."""
-  _, metric, scale, _, _ = TABLES[table]
+  _, metric, scale, _, _, *source = TABLES[table]
+  directory, only_row = source[0] if source else (table, "*")
   cells = {}
-  for path in glob.glob(os.path.join(runs, table, "*", "*", "seed*", "results.json")):
+  for path in glob.glob(os.path.join(runs, directory, only_row, "*", "seed*", "results.json")):
     row, column = path.split(os.sep)[-4:-2]
     with open(path) as f:
       results = json.load(f)
-    if metric is None:  # columns are metrics of one run (sinusoid: MSE after k steps)
+    if metric is None:
       for key, value in results.items():
         if key.startswith("test/") and not key.endswith("_ci95"):
           cells.setdefault((row, key[len("test/"):]), []).append(scale * value)
+    elif metric.endswith("/*"):
+      prefix = metric[:-1]
+      for key, value in results.items():
+        if key.startswith(prefix):
+          cells.setdefault((key[len(prefix):], column), []).append(scale * value)
     else:
       cells.setdefault((row, column), []).append(scale * results[metric])
   return cells
 
 
 def render(table: str, cells) -> str:
-  _, metric, _, rows, columns = TABLES[table]
+  _, metric, _, rows, columns, *_ = TABLES[table]
   rows = [r for r in rows if any((r, c) in cells for c in columns)]
+  columns = [c for c in columns if any((r, c) in cells for r in rows)]
   lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
   for row in rows:
     out = []

@@ -14,7 +14,8 @@ What it does, in order:
      finite (else stops without saving: `TrainingDiverged`), writes
      `metrics.jsonl` and prints a progress line with steps/s and ETA;
   6. evaluates every `eval_every` steps, checkpoints every `checkpoint_every`
-     steps and at the end, and writes `results.json` from the final evaluation.
+     steps and at the end, and writes `results.json` from the final evaluation
+     (plus `train/<metric>` of the final step).
 
 Outputs in `workdir`: `config.json`, `metrics.jsonl`, `results.json`,
 `checkpoints/<step>/`, and `tensorboard/` when tensorboardX is installed.
@@ -146,6 +147,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   total = config.train.steps
   log_every = max(1, config.train.log_every)
   pending, started, last_time, last_step = [], time.time(), time.time(), start
+  metrics = {}
   try:
     for step in range(start, total):
       state, metrics = train_fn(state, train_data)
@@ -173,7 +175,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
                                                   if not k.endswith("_ci95")))
       if do_save:
         checkpoints.save(done, state)
-    results = {"step": int(jax.device_get(state.step)), **evaluate(state)}
+    results = {"step": int(jax.device_get(state.step)), **evaluate(state),
+               # the final step's own training metrics (e.g. per-layer sparsity); one step,
+               # not a window mean, so a resumed run writes the same file
+               **{f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}}
     for split in eval_splits:
       writer.write(results["step"], split, {k.split("/", 1)[1]: v for k, v in results.items()
                                             if k.startswith(split + "/")})
