@@ -29,7 +29,7 @@ TABLES = {
     "maml_glyphs": ("maml.md", "test/accuracy", 100.0,
                     ["maml", "fomaml", "anil", "boil", "scratch"], ["5w1s", "5w5s"]),
     "supermask_digits": ("supermask.md", "test/accuracy", 100.0,
-                         ["edge_popup", "iterand", "iterand_r0.01", "iterand_r1.0",
+                         ["edge_popup", "iterand", "iterand_r1.0",
                           "edge_popup_signed", "iterand_signed", "erm"], ["w0.25", "w0.5", "w1", "w2"]),
     "meta_ticket_width": ("supermask.md", "test/accuracy", 100.0, ["maml", "meta_ticket"],
                           [f"f{f}_5w{k}s" for k in (1, 5) for f in (1, 2, 4, 8)]),
@@ -38,6 +38,8 @@ TABLES = {
                               "Dense_3/kernel", "all"],
                              [f"f{f}_5w{k}s" for k in (1, 5) for f in (1, 2, 4, 8)],
                              ("meta_ticket_width", "meta_ticket")),
+    "meta_ticket_sinusoid": ("supermask.md", None, 1.0, ["maml", "meta_ticket"],
+                             ["mse_step0", "mse_step1", "mse_step5"]),
 }
 
 

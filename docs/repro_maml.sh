@@ -21,15 +21,19 @@ done
 #    32 filters, 8 tasks per meta-batch, 1000 outer steps; test on 600 fixed episodes
 #    of the test alphabets. Inner lr 0.4, 1 train / 3 test steps (MAML's Omniglot).
 CPU="--config.model.filters=32 --config.episodes.meta_batch=8 --config.train.steps=1000 --config.train.eval_every=0"
-for shots in 1 5; do
-  for method in maml fomaml anil boil; do
+# Order: 1-shot (all methods, then scratch), 5-shot MAML / FOMAML / scratch, then 5-shot
+# ANIL / BOIL, so that an interrupted sweep leaves whole comparisons.
+glyphs() { local shots=$1; shift
+  for method in "$@"; do
     for seed in $SEEDS; do
       run "$RUNS/maml_glyphs/$method/5w${shots}s/seed$seed" --config=configs/maml.py:glyphs_5w${shots}s \
         --config.method=$method --config.seed=$seed $CPU
     done
   done
-  # Training from scratch on the support set: no meta-training (train.steps=0), 100 SGD steps
-  # from the random init; its step size is chosen on the validation alphabets (seed 0).
+}
+# Training from scratch on the support set: no meta-training (train.steps=0), 100 SGD steps
+# from the random init; its step size is chosen on the validation alphabets (seed 0).
+scratch() { local shots=$1
   for lr in 0.01 0.1 0.4; do
     run "$RUNS/maml_glyphs_scratch_sweep/lr$lr/5w${shots}s/seed0" --config=configs/maml.py:glyphs_5w${shots}s \
       --config.train.steps=0 --config.meta.test_steps=100 --config.meta.inner_lr=$lr $CPU
@@ -45,4 +49,9 @@ PY
     run "$RUNS/maml_glyphs/scratch/5w${shots}s/seed$seed" --config=configs/maml.py:glyphs_5w${shots}s \
       --config.seed=$seed --config.train.steps=0 --config.meta.test_steps=100 --config.meta.inner_lr=$best $CPU
   done
-done
+}
+glyphs 1 maml fomaml anil boil
+scratch 1
+glyphs 5 maml fomaml
+scratch 5
+glyphs 5 anil boil

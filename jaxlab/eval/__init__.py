@@ -1,0 +1,1 @@
+"""Evaluation beyond clean accuracy: adversarial attacks (`jaxlab.eval.attacks`)."""

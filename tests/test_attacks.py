@@ -1,0 +1,145 @@
+"""Attacks (shared/methods/robustness_tta_merging.md §3(g)): threat-model projections, DLR's
+invariance, APGD's schedule and monotone best loss, and exact answers on linear models,
+whose l-inf robustness has a closed form."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlab.eval import attacks
+
+EPS = 0.05
+
+
+def _linear(num_classes, scale=1.0, seed=0):
+  rng = np.random.default_rng(seed)
+  w = jnp.asarray(rng.normal(size=(64, num_classes)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(num_classes,)), jnp.float32)
+  x = jnp.asarray(rng.uniform(0.3, 0.7, size=(256, 8, 8, 1)), jnp.float32)
+  logits_fn = lambda images: scale * (images.reshape(images.shape[0], -1) @ w + b)
+  y = jnp.argmax(logits_fn(x), -1)  # every point starts correctly classified
+  return logits_fn, x, y, w, b
+
+
+def _exactly_robust(x, y, w, b, eps):
+  """Linear model, box never binding (x +- eps inside [0, 1]): x is l-inf robust iff for
+  every class j, z_y - z_j > eps ||w_y - w_j||_1."""
+  z = x.reshape(x.shape[0], -1) @ w + b
+  gap = jnp.take_along_axis(z, y[:, None], -1) - z
+  cost = eps * jnp.abs(w[:, y].T[:, :, None] - w[None]).sum(1)
+  return np.asarray(jnp.all((gap > cost) | (jnp.arange(w.shape[1]) == y[:, None]), -1))
+
+
+def _still_correct(logits_fn, x_adv, y):
+  return np.asarray(jnp.argmax(logits_fn(x_adv), -1) == y)
+
+
+def test_apgd_checkpoint_schedule():
+  assert attacks.apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_every_attack_stays_in_the_threat_model():
+  logits_fn, _, y, _, _ = _linear(10)
+  x = jax.random.uniform(jax.random.key(0), (256, 8, 8, 1))  # values near 0 and 1: box binds
+  key = jax.random.key(1)
+  linf = {
+      "fgsm": attacks.fgsm(logits_fn, x, y, eps=EPS),
+      "pgd": attacks.pgd(logits_fn, x, y, key, eps=EPS, step_size=0.02, steps=10),
+      "apgd_ce": attacks.apgd(logits_fn, x, y, key, eps=EPS, n_iter=20).x_adv,
+      "apgd_dlr": attacks.apgd(logits_fn, x, y, key, eps=EPS, n_iter=20, loss="dlr").x_adv,
+      "aa_lite": attacks.aa_lite(logits_fn, x, y, key, eps=EPS, n_iter=10, n_targets=3)[0],
+  }
+  for name, x_adv in linf.items():
+    assert float(jnp.abs(x_adv - x).max()) <= EPS + 1e-6, name
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0, name
+  x_adv = attacks.pgd(logits_fn, x, y, key, eps=0.5, step_size=0.2, steps=10, norm="l2")
+  norms = jnp.sqrt(jnp.sum(jnp.square(x_adv - x), axis=(1, 2, 3)))
+  assert float(norms.max()) <= 0.5 * (1 + 1e-5)
+  assert float(norms.max()) > 0.4  # and it does use the ball
+  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+
+
+def test_dlr_is_invariant_to_positive_affine_maps_of_the_logits():
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(64, 10))
+  y = jnp.asarray(rng.integers(0, 10, 64))
+  t = (y + 1 + jnp.asarray(rng.integers(0, 9, 64))) % 10
+  with jax.enable_x64(True):  # float64, so that only the function, not rounding, is tested
+    for a, b in [(3.0, -2.0), (0.01, 5.0), (100.0, 0.0)]:
+      moved = jnp.asarray(a * z + b)
+      np.testing.assert_allclose(attacks.dlr(moved, y), attacks.dlr(jnp.asarray(z), y),
+                                 rtol=1e-9)
+      np.testing.assert_allclose(attacks.dlr_targeted(moved, y, t),
+                                 attacks.dlr_targeted(jnp.asarray(z), y, t), rtol=1e-9)
+  # and it is the margin over the spread of the top three, sign-flipped
+  zs = jnp.array([[3.0, 1.0, 0.0, -1.0]])
+  np.testing.assert_allclose(attacks.dlr(zs, jnp.array([1])), [(3.0 - 1.0) / 3.0], rtol=1e-6)
+
+
+def test_apgd_best_loss_is_monotone_and_belongs_to_the_returned_point():
+  logits_fn, x, y, _, _ = _linear(10)
+  nonlinear = lambda images: jnp.tanh(logits_fn(images) / 4.0) * 4.0  # non-trivial landscape
+  for loss in ("ce", "dlr"):
+    result = attacks.apgd(nonlinear, x, y, jax.random.key(3), eps=EPS, n_iter=50, loss=loss)
+    assert result.best_loss.shape == (51, x.shape[0])
+    assert bool(jnp.all(jnp.diff(result.best_loss, axis=0) >= 0))
+    robust = np.asarray(result.robust)
+    assert robust.any() and not robust.all()
+    value = attacks.cross_entropy if loss == "ce" else attacks.dlr
+    at_returned = value(nonlinear(result.x_adv), y)
+    np.testing.assert_allclose(np.asarray(at_returned)[robust],
+                               np.asarray(result.best_loss[-1])[robust], rtol=1e-5, atol=1e-6)
+    assert not _still_correct(nonlinear, result.x_adv, y)[~robust].any()
+
+
+def test_attacks_find_the_exact_answer_on_a_binary_linear_model():
+  logits_fn, x, y, w, b = _linear(2)
+  exact = _exactly_robust(x, y, w, b, EPS)
+  assert 0.1 < exact.mean() < 0.9
+  key = jax.random.key(4)
+  np.testing.assert_array_equal(_still_correct(logits_fn, attacks.fgsm(logits_fn, x, y, eps=EPS), y), exact)
+  pgd = attacks.pgd(logits_fn, x, y, key, eps=EPS, step_size=EPS / 4, steps=10)
+  np.testing.assert_array_equal(_still_correct(logits_fn, pgd, y), exact)
+  apgd = attacks.apgd(logits_fn, x, y, key, eps=EPS, n_iter=20)
+  np.testing.assert_array_equal(np.asarray(apgd.robust), exact)
+
+
+def test_aa_lite_is_sound_and_near_exact_on_a_multiclass_linear_model():
+  logits_fn, x, y, w, b = _linear(10, seed=1)
+  exact = _exactly_robust(x, y, w, b, EPS)
+  assert 0.1 < exact.mean() < 0.9
+  key = jax.random.key(5)
+  _, robust = attacks.aa_lite(logits_fn, x, y, key, eps=EPS, n_iter=20)
+  robust = np.asarray(robust)
+  assert not (exact & ~robust).any()  # no attack breaks a provably robust point
+  pgd = attacks.pgd(logits_fn, x, y, key, eps=EPS, step_size=EPS / 4, steps=10)
+  pgd_robust = _still_correct(logits_fn, pgd, y)
+  assert not (exact & ~pgd_robust).any()
+  # the worst case over targets finds (nearly) every breakable point, and at least as many
+  # as PGD-CE
+  assert robust.mean() <= exact.mean() + 0.02
+  assert robust.mean() <= pgd_robust.mean()
+
+
+def test_logit_scaling_masks_cross_entropy_gradients_but_not_dlr():
+  """§3(g): multiplying the logits by a large constant saturates the softmax, so PGD on the
+  cross-entropy stalls; DLR is scale-invariant, so APGD-DLR is unaffected."""
+  plain, x, y, _, _ = _linear(10, seed=2)
+  scaled, *_ = _linear(10, scale=1e4, seed=2)
+  key = jax.random.key(6)
+  pgd = lambda f: _still_correct(f, attacks.pgd(f, x, y, key, eps=EPS, step_size=EPS / 4,
+                                                steps=10), y).mean()
+  dlr = lambda f: np.asarray(attacks.apgd(f, x, y, key, eps=EPS, n_iter=20, loss="dlr").robust).mean()
+  assert pgd(scaled) > pgd(plain) + 0.1
+  assert dlr(scaled) == pytest.approx(dlr(plain), abs=0.01)
+
+
+def test_bad_arguments_say_what_is_valid():
+  logits_fn, x, y, _, _ = _linear(10)
+  with pytest.raises(ValueError, match="unknown attack loss 'hinge'; valid choices: ce, dlr"):
+    attacks.apgd(logits_fn, x, y, jax.random.key(0), eps=EPS, n_iter=5, loss="hinge")
+  with pytest.raises(ValueError, match="unknown norm 'l1'; valid choices: linf, l2"):
+    attacks.pgd(logits_fn, x, y, jax.random.key(0), eps=EPS, step_size=0.1, steps=1, norm="l1")
+  with pytest.raises(ValueError, match="at least 3 classes"):
+    attacks.dlr(jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32))
