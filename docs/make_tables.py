@@ -27,9 +27,10 @@ TABLES = {
     "maml_sinusoid": ("maml.md", None, 1.0, ["maml", "pretrained"],
                       ["mse_step0", "mse_step1", "mse_step10"]),
     "maml_glyphs": ("maml.md", "test/accuracy", 100.0,
-                    ["maml", "fomaml", "anil", "boil", "scratch"], ["5w1s", "5w5s"]),
+                    ["maml", "fomaml", "anil", "boil", "scratch", "maml_3k", "fomaml_3k"],
+                    ["5w1s", "5w5s"]),
     "supermask_digits": ("supermask.md", "test/accuracy", 100.0,
-                         ["edge_popup", "iterand", "iterand_r1.0",
+                         ["edge_popup", "edge_popup_raw", "iterand", "iterand_r1.0",
                           "edge_popup_signed", "iterand_signed", "erm"], ["w0.25", "w0.5", "w1", "w2"]),
     "meta_ticket_width": ("supermask.md", "test/accuracy", 100.0, ["maml", "meta_ticket"],
                           [f"f{f}_5w{k}s" for k in (1, 5) for f in (1, 2, 4, 8)]),
@@ -98,11 +99,11 @@ def main():
     path = os.path.join(DOCS, doc)
     with open(path) as f:
       content = f.read()
-    pattern = re.compile(rf"(<!-- table:{table} -->\n).*?(\n<!-- /table:{table} -->)", re.S)
+    pattern = re.compile(rf"(<!-- table:{table} -->\n).*?(<!-- /table:{table} -->)", re.S)
     if not pattern.search(content):
       raise SystemExit(f"{path} has no <!-- table:{table} --> markers")
     with open(path, "w") as f:
-      f.write(pattern.sub(lambda m: m.group(1) + text + m.group(2), content))
+      f.write(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), content))
 
 
 if __name__ == "__main__":

@@ -55,3 +55,9 @@ scratch 1
 glyphs 5 maml fomaml
 scratch 5
 glyphs 5 anil boil
+
+# 3. Budget check on FOMAML's gap to MAML (1-shot, seed 0): the same runs at 3,000 steps.
+for method in maml fomaml; do
+  run "$RUNS/maml_glyphs/${method}_3k/5w1s/seed0" --config=configs/maml.py:glyphs_5w1s \
+    --config.method=$method --config.seed=0 $CPU --config.train.steps=3000
+done

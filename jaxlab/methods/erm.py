@@ -3,7 +3,9 @@
 The baseline every other method is measured against, and the reference for
 how a method is written: a task, a pure `init`, `train_step` and `eval_step`.
 Loss: softmax cross-entropy (optional label smoothing); BatchNorm running
-statistics, when the model has them, are updated in `model_state`.
+statistics, when the model has them, are updated in `model_state`. When the config
+has an `adv` block naming attacks, evaluation adds robust accuracies
+(`jaxlab.eval.robust`).
 """
 
 import jax
@@ -12,6 +14,7 @@ import optax
 
 from jaxlab import models
 from jaxlab.data import tasks
+from jaxlab.eval import robust
 from jaxlab.train import losses, optim
 from jaxlab.train.state import TrainState
 
@@ -51,6 +54,12 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.
 
 def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
   model = models.build(config.model, spec.num_classes)
-  logits = model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
-  return {"accuracy": losses.correct(logits, batch["label"]),
-          "loss": losses.cross_entropy(logits, batch["label"])}
+  variables = {"params": state.params, **state.model_state}
+  logits = model.apply(variables, batch["image"], train=False)
+  metrics = {"accuracy": losses.correct(logits, batch["label"]),
+             "loss": losses.cross_entropy(logits, batch["label"])}
+  if "adv" in config and config.adv.eval_attacks:  # robustness presets (configs/robust.py)
+    metrics.update(robust.robust_accuracy(
+        lambda x: model.apply(variables, x, train=False), batch["image"], batch["label"],
+        config.adv, jax.random.key(config.seed + 1)))
+  return metrics
