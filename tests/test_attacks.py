@@ -48,7 +48,6 @@ def test_every_attack_stays_in_the_threat_model():
       "pgd": attacks.pgd(logits_fn, x, y, key, eps=EPS, step_size=0.02, steps=10),
       "apgd_ce": attacks.apgd(logits_fn, x, y, key, eps=EPS, n_iter=20).x_adv,
       "apgd_dlr": attacks.apgd(logits_fn, x, y, key, eps=EPS, n_iter=20, loss="dlr").x_adv,
-      "aa_lite": attacks.aa_lite(logits_fn, x, y, key, eps=EPS, n_iter=10, n_targets=3)[0],
   }
   for name, x_adv in linf.items():
     assert float(jnp.abs(x_adv - x).max()) <= EPS + 1e-6, name
@@ -110,8 +109,10 @@ def test_aa_lite_is_sound_and_near_exact_on_a_multiclass_linear_model():
   exact = _exactly_robust(x, y, w, b, EPS)
   assert 0.1 < exact.mean() < 0.9
   key = jax.random.key(5)
-  _, robust = attacks.aa_lite(logits_fn, x, y, key, eps=EPS, n_iter=20)
+  x_adv, robust = attacks.aa_lite(logits_fn, x, y, key, eps=EPS, n_iter=20)
   robust = np.asarray(robust)
+  assert float(jnp.abs(x_adv - x).max()) <= EPS + 1e-6
+  np.testing.assert_array_equal(_still_correct(logits_fn, x_adv, y), robust)  # its witnesses
   assert not (exact & ~robust).any()  # no attack breaks a provably robust point
   pgd = attacks.pgd(logits_fn, x, y, key, eps=EPS, step_size=EPS / 4, steps=10)
   pgd_robust = _still_correct(logits_fn, pgd, y)
@@ -179,7 +180,52 @@ def test_adversarial_training_reduces_to_erm_at_zero_radius_or_weight():
 
 def test_unknown_attack_in_the_config_is_named():
   import jaxlab
-  state, _, config, spec, batch = _one_step("configs/robust.py:digits,method=erm", {})
-  config.adv.eval_attacks = "pgd10,cw"
+  from jaxlab.data.tasks import Spec
+  config = jaxlab.load_config("configs/robust.py:digits,method=erm")
+  config.adv.eval_attacks = "cw,pgd10"
+  spec = Spec(input_shape=(8, 8, 1), num_classes=10)
+  state = jaxlab.get_method("erm").init(config, jax.random.key(0), spec)
+  batch = {"image": jnp.zeros((4, 8, 8, 1)), "label": jnp.zeros(4, jnp.int32)}
   with pytest.raises(jaxlab.UserError, match="unknown attack 'cw'.*valid choices: pgd<steps>"):
     jaxlab.get_method("erm").eval_step(state, batch, config=config, spec=spec)
+
+
+def test_ovr_grows_the_logit_margin_twice_as_fast_as_weighted_cross_entropy():
+  """SOVR §2(g)1: gradient descent on one sample's free logits (K = 10, from 0, lr 0.1,
+  10^4 steps): the margin grows like 2 log t under OVR and like log t under w CE for any
+  w; the slope ratio is 2 +- 0.05."""
+  from jaxlab.train import losses
+  y = jnp.array([0])
+
+  def margins(loss):
+    grad = jax.grad(lambda z: loss(z[None], y)[0])
+    def body(z, _):
+      z = z - 0.1 * grad(z)
+      return z, losses.logit_margin(z[None], y)[0]
+    return np.asarray(jax.lax.scan(body, jnp.zeros(10), None, length=10_000)[1])
+
+  log_t = np.log(np.arange(1, 10_001))
+  late = log_t >= np.log(1000)
+  slope = lambda m: np.polyfit(log_t[late], m[late], 1)[0]
+  ovr = slope(margins(losses.one_vs_rest))
+  for w in (0.5, 1.0, 2.0):
+    ce = slope(margins(lambda z, labels, w=w: w * losses.cross_entropy(z, labels)))
+    assert ovr / ce == pytest.approx(2.0, abs=0.05), w
+
+
+def test_sovr_switches_the_smallest_margins_and_is_pgd_at_at_zero_fraction():
+  from jaxlab.methods import sovr
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(sovr=dict(fraction=0.4, switch_rule="top_ratio",
+                                                    kappa=0.5)))
+  m = jnp.array([3.0, -1.0, 0.2, 0.2, 5.0, -2.0, 1.0])
+  np.testing.assert_array_equal(sovr.switched(m, config), [0, 1, 1, 0, 0, 1, 0])  # ceil(2.8)
+  config.sovr.switch_rule = "margin_threshold"
+  np.testing.assert_array_equal(sovr.switched(m, config), [0, 1, 1, 1, 0, 1, 0])
+  reference, *_ = _one_step("configs/robust.py:digits,method=pgd_at", {})
+  same, metrics, *_ = _one_step("configs/robust.py:digits,method=sovr", {"sovr.fraction": 0.0})
+  assert float(metrics["ovr_fraction"]) == 0.0
+  for a, b in zip(jax.tree.leaves(reference.params), jax.tree.leaves(same.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  _, metrics, *_ = _one_step("configs/robust.py:digits,method=sovr", {})
+  assert float(metrics["ovr_fraction"]) == pytest.approx(13 / 32)  # ceil(0.4 * 32)

@@ -21,15 +21,12 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxlab.train.losses import cross_entropy, logit_margin
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 
 # ----------------------------------------------------------------------------- losses
-
-
-def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
-  """Per-example softmax cross-entropy."""
-  return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=-1)[:, 0]
 
 
 def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:
@@ -40,10 +37,7 @@ def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:
   if logits.shape[-1] < 3:
     raise ValueError(f"the DLR loss needs at least 3 classes, got {logits.shape[-1]}")
   ordered = jnp.sort(logits, axis=-1)
-  z_y = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
-  is_top = jnp.argmax(logits, axis=-1) == y
-  best_other = jnp.where(is_top, ordered[:, -2], ordered[:, -1])
-  return -(z_y - best_other) / (ordered[:, -1] - ordered[:, -3] + 1e-12)
+  return -logit_margin(logits, y) / (ordered[:, -1] - ordered[:, -3] + 1e-12)
 
 
 def dlr_targeted(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Array:
@@ -261,20 +255,21 @@ def aa_lite(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, 
   """APGD-CE, then APGD-T (targeted DLR against the 2nd..(n_targets+1)-th largest clean
   logits); an example is robust only if no stage breaks it. Returns (x_adv, robust).
 
-  Every stage runs on the whole batch and only still-robust examples take its result,
-  which equals running each stage on the still-robust points only.
+  Every stage runs on the whole batch (the targets vmapped) and an example takes the first
+  stage that breaks it, which equals running each stage on the still-robust points only.
   """
   chex.assert_equal_shape_prefix((x, y), 1)
-  keys = jax.random.split(key, n_targets + 1)
-  ce = apgd(logits_fn, x, y, keys[0], eps=eps, n_iter=n_iter, loss="ce")
-  x_adv, robust = ce.x_adv, ce.robust
-  num_classes = logits_fn(x[:1]).shape[-1]
-  ranked = jnp.argsort(-logits_fn(x), axis=-1)
-  per_example = lambda v: v.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
-  for j in range(1, min(n_targets, num_classes - 1) + 1):
-    targeted = apgd(logits_fn, x, y, keys[j], eps=eps, n_iter=n_iter, loss="dlr_targeted",
-                    target=ranked[:, j])
-    newly_broken = robust & ~targeted.robust
-    x_adv = jnp.where(per_example(newly_broken), targeted.x_adv, x_adv)
-    robust = robust & targeted.robust
-  return x_adv, robust
+  ce_key, targets_key = jax.random.split(key)
+  ce = apgd(logits_fn, x, y, ce_key, eps=eps, n_iter=n_iter, loss="ce")
+  clean_logits = logits_fn(x)
+  n_targets = min(n_targets, clean_logits.shape[-1] - 1)
+  targets = jnp.argsort(-clean_logits, axis=-1)[:, 1:n_targets + 1].T  # [targets, batch]
+  targeted = jax.vmap(lambda k, t: apgd(logits_fn, x, y, k, eps=eps, n_iter=n_iter,
+                                        loss="dlr_targeted", target=t))(
+      jax.random.split(targets_key, n_targets), targets)
+  broken = jnp.concatenate([~ce.robust[None], ~targeted.robust])       # [stages, batch]
+  candidates = jnp.concatenate([ce.x_adv[None], targeted.x_adv])
+  first = jnp.argmax(broken, axis=0)  # the first stage that broke it (0 if none did)
+  x_adv = jnp.take_along_axis(candidates, first.reshape((1, -1) + (1,) * (x.ndim - 1)),
+                              axis=0)[0]
+  return x_adv, ~jnp.any(broken, axis=0)

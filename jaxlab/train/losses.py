@@ -16,3 +16,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example 0/1 accuracy as float32."""
   return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+
+
+def logit_margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example z_y - max_{k != y} z_k (negative when misclassified)."""
+  z_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+  return z_y - jnp.max(others, axis=-1)
+
+
+def one_vs_rest(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example one-vs-the-rest loss: K logistic losses, the true class positive and
+  every other class negative, summed: softplus(-z_y) + sum_{k != y} softplus(z_k)."""
+  positive = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
+  return jnp.sum(jax.nn.softplus(jnp.where(positive, -logits, logits)), axis=-1)
