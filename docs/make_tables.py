@@ -21,7 +21,7 @@ DOCS = os.path.dirname(os.path.abspath(__file__))
 
 # table name -> (markdown file, metric, scale, row order, column order[, source]).
 # metric None: the columns are the `test/*` metrics of each run (sinusoid: MSE after k
-# steps). A metric ending in "/*" (e.g. "train/sparsity/*"): the rows are what the star
+# steps; robustness: clean and robust accuracies). A metric ending in "/*" (e.g. "train/sparsity/*"): the rows are what the star
 # matches, read from the runs of `source` = (table directory, row directory).
 TABLES = {
     "maml_sinusoid": ("maml.md", None, 1.0, ["maml", "pretrained"],
@@ -41,6 +41,9 @@ TABLES = {
                              ("meta_ticket_width", "meta_ticket")),
     "meta_ticket_sinusoid": ("supermask.md", None, 1.0, ["maml", "meta_ticket"],
                              ["mse_step0", "mse_step1", "mse_step5"]),
+    "robust_digits": ("robust.md", None, 100.0, ["erm", "pgd_at", "trades", "sovr"],
+                      ["accuracy", "robust_accuracy/pgd10", "robust_accuracy/pgd100",
+                       "robust_accuracy/apgd_ce", "robust_accuracy/aa_lite"]),
 }
 
 
