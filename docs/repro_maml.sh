@@ -21,10 +21,10 @@ done
 #    32 filters, 8 tasks per meta-batch, 1000 outer steps; test on 600 fixed episodes
 #    of the test alphabets. Inner lr 0.4, 1 train / 3 test steps (MAML's Omniglot).
 CPU="--config.model.filters=32 --config.episodes.meta_batch=8 --config.train.steps=1000 --config.train.eval_every=0"
-# Order: 1-shot (all methods, then scratch), 5-shot MAML / FOMAML / scratch, then 5-shot
+# Order: 1-shot (all methods, then scratch), 5-shot scratch, MAML / FOMAML, then 5-shot
 # ANIL / BOIL, so that an interrupted sweep leaves whole comparisons.
 glyphs() { local shots=$1; shift
-  for method in "$@"; do
+  for method in "$@"; do  # (later flags win: $CPU before any override of its keys)
     for seed in $SEEDS; do
       run "$RUNS/maml_glyphs/$method/5w${shots}s/seed$seed" --config=configs/maml.py:glyphs_5w${shots}s \
         --config.method=$method --config.seed=$seed $CPU
@@ -36,7 +36,8 @@ glyphs() { local shots=$1; shift
 scratch() { local shots=$1
   for lr in 0.01 0.1 0.4; do
     run "$RUNS/maml_glyphs_scratch_sweep/lr$lr/5w${shots}s/seed0" --config=configs/maml.py:glyphs_5w${shots}s \
-      --config.train.steps=0 --config.meta.test_steps=100 --config.meta.inner_lr=$lr $CPU
+      $CPU --config.train.steps=0 --config.meta.test_steps=100 --config.meta.scan_inner=True --config.meta.inner_lr=$lr \
+      --config.data.eval_splits=validation
   done
   best=$(python - "$RUNS" "$shots" <<'PY'
 import glob, json, sys
@@ -47,13 +48,14 @@ PY
 )
   for seed in $SEEDS; do
     run "$RUNS/maml_glyphs/scratch/5w${shots}s/seed$seed" --config=configs/maml.py:glyphs_5w${shots}s \
-      --config.seed=$seed --config.train.steps=0 --config.meta.test_steps=100 --config.meta.inner_lr=$best $CPU
+      --config.seed=$seed $CPU --config.train.steps=0 --config.meta.test_steps=100 --config.meta.scan_inner=True --config.meta.inner_lr=$best \
+      --config.data.eval_splits=test
   done
 }
 glyphs 1 maml fomaml anil boil
 scratch 1
-glyphs 5 maml fomaml
 scratch 5
+glyphs 5 maml fomaml
 glyphs 5 anil boil
 
 # 3. Budget check on FOMAML's gap to MAML (1-shot, seed 0): the same runs at 3,000 steps.
