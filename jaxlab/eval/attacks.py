@@ -200,17 +200,19 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps
   robust0 = jnp.argmax(logits0, -1) == y
   checkpoints = apgd_checkpoints(n_iter)
   is_checkpoint = jnp.zeros(n_iter + 1, bool).at[jnp.asarray(checkpoints)].set(True)
-  window_after = {c: (checkpoints[i + 1] - c if i + 1 < len(checkpoints) else 0)
-                  for i, c in enumerate(checkpoints)}
-  window_len = jnp.zeros(n_iter + 1, jnp.float32).at[jnp.asarray([0] + checkpoints)].set(
-      jnp.asarray([checkpoints[0]] + [window_after[c] for c in checkpoints], jnp.float32))
+  # the length of the window that starts at iteration 0 and at each checkpoint (0 after the
+  # last one, which no checkpoint ends)
+  starts = [0] + checkpoints
+  window_len = jnp.zeros(n_iter + 1, jnp.float32).at[jnp.asarray(starts)].set(
+      jnp.asarray([end - start for start, end in zip(starts, checkpoints + starts[-1:])],
+                  jnp.float32))
 
   carry = dict(
       x_k=x0, x_prev=x0, g_k=g0, f_prev=jnp.zeros_like(f0) if exact_quirk else f0,
       eta=jnp.full(f0.shape, 2.0 * eps, x.dtype), x_max=x0, f_max=f0, g_max=g0,
       x_adv=x0, robust=robust0, count=jnp.zeros(f0.shape, jnp.float32),
       reduced_last=jnp.ones(f0.shape, bool), f_max_last=f0,
-      window=jnp.full((), checkpoints[0] if checkpoints else 1, jnp.float32))
+      window=window_len[0])
 
   def body(c, k):
     momentum = jnp.where(k == 0, 1.0, 0.75)

@@ -49,13 +49,10 @@ def current_masks(scores, config):
 def maybe_rerandomize(state: TrainState, rng: jax.Array, config):
   """IteRand's step: before the forward pass of step t with (t + 1) % K_per == 0."""
   cfg = config.supermask
-  if not cfg.rerand_period or not cfg.rerand_rate:
-    return state.model_state["weights"]
-  hard = current_masks(state.params["scores"], config)
-  due = (state.step + 1) % cfg.rerand_period == 0
-  return jax.lax.cond(
-      due, lambda w: supermask.rerandomize(rng, w, hard, cfg.rerand_rate, config.model.weight_init),
-      lambda w: w, state.model_state["weights"])
+  return supermask.rerandomize_on_schedule(
+      rng, state.step, state.model_state["weights"],
+      lambda: current_masks(state.params["scores"], config), period=cfg.rerand_period,
+      rate=cfg.rerand_rate, init=config.model.weight_init)
 
 
 def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.Spec):

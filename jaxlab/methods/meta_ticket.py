@@ -80,13 +80,10 @@ def _inner_start(params, weights):
 
 def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.Spec):
   cfg = config.supermask
-  weights = state.model_state["weights"]
-  if cfg.rerand_period and cfg.rerand_rate:
-    hard = current_masks(state.params, state.model_state, config)
-    weights = jax.lax.cond(
-        (state.step + 1) % cfg.rerand_period == 0,
-        lambda w: supermask.rerandomize(rng, w, hard, cfg.rerand_rate, config.model.weight_init),
-        lambda w: w, weights)
+  weights = supermask.rerandomize_on_schedule(
+      rng, state.step, state.model_state["weights"],
+      lambda: current_masks(state.params, state.model_state, config), period=cfg.rerand_period,
+      rate=cfg.rerand_rate, init=config.model.weight_init)
 
   def meta_loss(params):
     layer_masks = current_masks(params, state.model_state, config)

@@ -32,7 +32,7 @@ sign(S) for the |s| policies (the STE is applied to |S| and autodiff
 differentiates the abs, as in edge-popup's code).
 """
 
-from typing import Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 import flax
 import jax
@@ -186,6 +186,19 @@ def rerandomize(rng: jax.Array, params, hard_masks: Mapping[str, jax.Array], rat
     m = jax.lax.stop_gradient(m)
     flat[path] = m * w + (1 - m) * ((1 - b) * w + b * draw(k_new, w.shape, w.dtype))
   return unflatten(flat)
+
+
+def rerandomize_on_schedule(rng: jax.Array, step: jax.Array, params,
+                            current_masks: Callable[[], Mapping[str, jax.Array]], *,
+                            period: int, rate: float, init: str):
+  """B5 on IteRand's schedule: `rerandomize` in the step taken at t with
+  (t + 1) % period == 0, before its forward pass, with the masks `current_masks()`
+  returns; `params` unchanged in other steps, and always when period or rate is 0."""
+  if not period or not rate:
+    return params
+  hard = current_masks()
+  return jax.lax.cond((step + 1) % period == 0,
+                      lambda w: rerandomize(rng, w, hard, rate, init), lambda w: w, params)
 
 
 def sparsity(layer_masks: Mapping[str, jax.Array]) -> Dict[str, jax.Array]:
