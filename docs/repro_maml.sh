@@ -2,11 +2,7 @@
 # Reproduces shared/methods/meta_learning_and_sparse.md §1(g) at small scale on CPU.
 # Writes RUNS/<table>/<row>/<column>/seed<k>/results.json; then `python docs/make_tables.py`.
 #   RUNS=runs bash docs/repro_maml.sh
-set -euo pipefail
-RUNS=${RUNS:-runs}
-SEEDS=${SEEDS:-"0 1 2"}
-run() { local dir=$1; shift
-  [ -f "$dir/results.json" ] || python -m jaxlab.main --workdir="$dir" "$@" > /dev/null; }
+source "$(dirname "$0")/repro_common.sh"
 
 # 1. Sinusoid (the paper's settings, 70k steps): MAML vs a jointly pretrained model
 #    (meta.train_steps=0: trained on the query loss at theta, no inner step), both

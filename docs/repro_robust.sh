@@ -4,11 +4,7 @@
 # evaluated under PGD-10, PGD-100, APGD-CE and AA-lite. Writes
 # RUNS/robust_digits/<method>/all/seed<k>/results.json; then `python docs/make_tables.py`.
 #   RUNS=runs bash docs/repro_robust.sh
-set -euo pipefail
-RUNS=${RUNS:-runs}
-SEEDS=${SEEDS:-"0 1 2"}
-run() { local dir=$1; shift
-  [ -f "$dir/results.json" ] || python -m jaxlab.main --workdir="$dir" "$@" > /dev/null; }
+source "$(dirname "$0")/repro_common.sh"
 for seed in $SEEDS; do
   for method in erm pgd_at trades sovr; do
     run "$RUNS/robust_digits/$method/all/seed$seed" \

@@ -3,11 +3,7 @@
 # small scale on CPU. Writes RUNS/<table>/<row>/<column>/seed<k>/results.json; then
 # `python docs/make_tables.py`.
 #   RUNS=runs bash docs/repro_supermask.sh
-set -euo pipefail
-RUNS=${RUNS:-runs}
-SEEDS=${SEEDS:-"0 1 2"}
-run() { local dir=$1; shift
-  [ -f "$dir/results.json" ] || python -m jaxlab.main --workdir="$dir" "$@" > /dev/null; }
+source "$(dirname "$0")/repro_common.sh"
 
 # 1. §3(g): edge-popup vs IteRand (r = 0.1, K_per = 4 steps) vs weight training (SGD) on the
 #    digits MLP at width factors 0.25-2, p = 0.5, 50 epochs.
