@@ -144,10 +144,15 @@ def base_config() -> ConfigDict:
   c = ConfigDict()
   c.method = "erm"
   c.seed = 0
+  # weights to start from: another run's workdir (newest checkpoint) or an .npz of
+  # "/"-joined variable paths; "" = random initialisation. Ignored when resuming.
+  c.init_from = ""
+  c.init_skip = ""  # comma-separated variable path prefixes not loaded, e.g. "params/head"
   c.data = ConfigDict(dict(
       name="digits", data_dir="", manual_dir="", download=False, train_split="train",
       eval_splits="test",
-      image_key="image", label_key="label", image_size=0, grayscale=False, classes=""))
+      image_key="image", label_key="label", image_size=0, grayscale=False, classes="",
+      per_class=0, train_fraction=1.0, val_fraction=0.0, split_seed=42))
   c.aug = ConfigDict(dict(crop_padding=0, flip=False))
   c.model = ConfigDict(dict(name="mlp", hidden=(256, 256), norm="none", weight_init="flax"))
   c.optimizer = ConfigDict(dict(
@@ -155,7 +160,7 @@ def base_config() -> ConfigDict:
       momentum=0.9, nesterov=False, weight_decay=0.0, grad_clip_norm=0.0, grad_clip_value=0.0))
   c.train = ConfigDict(dict(
       steps=1000, batch_size=128, eval_batch_size=500, log_every=100, eval_every=0,
-      checkpoint_every=500, keep_checkpoints=3, label_smoothing=0.0))
+      checkpoint_every=500, keep_checkpoints=3, label_smoothing=0.0, select_by=""))
   c.distributed = ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=1, process_id=0))
   return c

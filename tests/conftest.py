@@ -23,3 +23,27 @@ def run_main(*args, env=None, timeout=300):
 def tiny_args():
   """The tiny digits preset, as CLI arguments."""
   return ["--config=configs/erm.py:tiny"]
+
+
+def one_train_step(config_arg, overrides, state=None):
+  """One jitted train step of `config_arg` on a random 8x8 batch of 32 (model 16 wide).
+
+  Returns (new state, metrics, config, spec, batch, the state it started from); every call
+  with the same config starts from the same initialisation and uses the same step key.
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  import jaxlab
+  from jaxlab.data.tasks import Spec
+  config = jaxlab.load_config(config_arg, {"model.hidden": (16,), **overrides})
+  spec = Spec(input_shape=(8, 8, 1), num_classes=10)
+  method = jaxlab.get_method(config.method)
+  state = method.init(config, jax.random.key(0), spec) if state is None else state
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.uniform(size=(32, 8, 8, 1)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 10, 32))}
+  new, metrics = jax.jit(lambda s, b: method.train_step(s, b, jax.random.key(1), config=config,
+                                                        spec=spec))(state, batch)
+  return new, metrics, config, spec, batch, state

@@ -45,15 +45,60 @@ def preprocess_images(images: np.ndarray, size: int = 0, grayscale: bool = False
   return images
 
 
+def parse_classes(classes: str) -> Tuple[int, int]:
+  """`data.classes` as the label range [lo, hi] it keeps: 'first:N' = [0, N-1], 'range:A-B'
+  = [A, B]; '' = everything (hi -1)."""
+  if not classes:
+    return 0, -1
+  kind, _, value = classes.partition(":")
+  lo, _, hi = value.partition("-")
+  if kind == "first" and value.isdigit() and int(value) > 0:
+    return 0, int(value) - 1
+  if kind == "range" and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi):
+    return int(lo), int(hi)
+  raise UserError(f"data.classes={classes!r} is not understood; valid: '' (all), 'first:N' or "
+                  "'range:A-B' (labels A..B, relabelled 0..B-A)")
+
+
 def select_classes(arrays: Arrays, classes: str, label_key: str = "label") -> Arrays:
-  """`classes='first:N'` keeps the N lowest labels (relabelled 0..N-1); '' keeps all."""
+  """Keeps the labels `data.classes` names, relabelled from 0 (see `parse_classes`)."""
   if not classes:
     return arrays
-  kind, _, value = classes.partition(":")
-  if kind != "first" or not value.isdigit():
-    raise UserError(f"data.classes={classes!r} is not understood; valid: '' (all) or 'first:N'")
-  keep = arrays[label_key] < int(value)
-  return {k: v[keep] for k, v in arrays.items()}
+  lo, hi = parse_classes(classes)
+  keep = (arrays[label_key] >= lo) & (arrays[label_key] <= hi)
+  out = {k: v[keep] for k, v in arrays.items()}
+  out[label_key] = (out[label_key] - lo).astype(arrays[label_key].dtype)
+  return out
+
+
+def carve_validation(arrays: Arrays, per_class: int, val_fraction: float, seed: int,
+                     fraction: float = 1.0) -> Tuple[Arrays, Arrays]:
+  """(train, validation) from one labelled pool, class by class, fixed by `seed`.
+
+  Each class keeps the first `per_class` (0 = all) examples of a seeded permutation, or
+  with `fraction` < 1 the first max(1, round(fraction * size)); of those,
+  max(1, round(val_fraction * kept)) go to validation when val_fraction > 0 (the
+  fine-tuning group protocol: 90/10 with split seed 42).
+  """
+  rng = np.random.default_rng(seed)
+  train, val = [], []
+  for label in np.unique(arrays["label"]):
+    members = rng.permutation(np.flatnonzero(arrays["label"] == label))
+    if per_class:
+      if len(members) < per_class:
+        raise UserError(f"data.per_class={per_class} but class {label} has only "
+                        f"{len(members)} training examples")
+      members = members[:per_class]
+    elif fraction < 1.0:
+      members = members[:max(1, round(fraction * len(members)))]
+    n_val = max(1, round(val_fraction * len(members))) if val_fraction > 0 else 0
+    if n_val >= len(members):
+      raise UserError(f"data.val_fraction={val_fraction} leaves class {label} no training "
+                      f"example ({len(members)} in all)")
+    val.append(members[:n_val])
+    train.append(members[n_val:])
+  pick = lambda idx: {k: v[np.sort(np.concatenate(idx))] for k, v in arrays.items()}
+  return pick(train), pick(val)
 
 
 def load_arrays(data, split: str) -> Arrays:
@@ -87,7 +132,9 @@ class SupervisedTask:
   """Image classification on one TFDS dataset held on the device.
 
   Config fields read: data.{name, data_dir, download, train_split, image_key,
-  label_key, image_size, grayscale, classes}, train.{batch_size,
+  label_key, image_size, grayscale, classes, per_class, train_fraction, val_fraction,
+  split_seed},
+  train.{batch_size,
   eval_batch_size}, aug.{crop_padding, flip}.
   """
 
@@ -105,14 +152,27 @@ class SupervisedTask:
     self._cache: Dict[str, Arrays] = {}
     train = self.split_arrays(data.train_split)
     labels = train["label"]
-    num_classes = (int(data.classes.partition(":")[2]) if data.classes else
+    lo, hi = parse_classes(data.classes)
+    num_classes = (hi - lo + 1 if data.classes else
                    loading.num_classes(data.name, data.data_dir or None, data.label_key))
     if len(labels) and labels.max() >= num_classes:
       raise UserError(f"labels of {data.name!r} reach {labels.max()}, beyond {num_classes} classes")
     self.spec = Spec(input_shape=tuple(train["image"].shape[1:]), num_classes=num_classes)
 
   def split_arrays(self, split: str) -> Arrays:
-    """`image` (uint8 NHWC) and `label` (int32) of a split, cached on the host."""
+    """`image` (uint8 NHWC) and `label` (int32) of a split, cached on the host.
+
+    With `data.per_class` or `data.val_fraction` set, the train split is subsampled and
+    `validation` is carved out of it (`carve_validation`), replacing any split of that name.
+    """
+    data = self._data
+    fraction = data.get("train_fraction", 1.0)
+    carved = data.get("per_class", 0) or data.get("val_fraction", 0.0) or fraction < 1.0
+    if carved and split in (data.train_split, "validation") and split not in self._cache:
+      pool = load_arrays(data, data.train_split)
+      self._cache[data.train_split], self._cache["validation"] = carve_validation(
+          pool, data.get("per_class", 0), data.get("val_fraction", 0.0), data.split_seed,
+          fraction)
     if split not in self._cache:
       self._cache[split] = load_arrays(self._data, split)
     return self._cache[split]

@@ -11,10 +11,11 @@ import ml_collections
 
 from jaxlab.errors import UserError, unknown
 from jaxlab.models.layers import INITS, NORMS, BatchStatNorm, Conv, Dense, kernel_init
-from jaxlab.models.nets import MLP, Conv4, Conv6, ResNet12, ResNet18
+from jaxlab.models.nets import MLP, Conv4, Conv6, ResNet12, ResNet18, WideResNet
 
 MODELS: Dict[str, Type[nn.Module]] = {"mlp": MLP, "conv4": Conv4, "conv6": Conv6,
-                                      "resnet12": ResNet12, "resnet18": ResNet18}
+                                      "resnet12": ResNet12, "resnet18": ResNet18,
+                                      "wide_resnet": WideResNet}
 
 
 def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -38,5 +39,19 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   return cls(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build", "MLP", "Conv4", "Conv6", "ResNet12", "ResNet18", "Dense", "Conv", "BatchStatNorm",
-           "kernel_init", "INITS", "NORMS"]
+__all__ = ["MODELS", "build", "logits_and_features", "MLP", "Conv4", "Conv6", "ResNet12",
+           "ResNet18", "WideResNet", "Dense", "Conv", "BatchStatNorm", "kernel_init", "INITS",
+           "NORMS"]
+
+
+def logits_and_features(model: nn.Module, variables, x, *, train: bool, mutable=(), rngs=None):
+  """(logits, penultimate features, updated `mutable` collections) from one forward pass.
+
+  The features are what `return_features=True` returns (sown by every backbone as
+  `intermediates/features`); one pass means BatchNorm statistics are updated once.
+  """
+  out, state = model.apply(variables, x, train=train, mutable=["intermediates", *mutable],
+                           rngs=rngs or {})
+  state = dict(state)
+  features = state.pop("intermediates")["features"][0]
+  return out, features, state

@@ -1,10 +1,11 @@
-"""Backbones: MLP, the few-shot Conv-4, Conv-6 (edge-popup/IteRand), and ResNet-18.
+"""Backbones: MLP, the few-shot Conv-4, Conv-6 (edge-popup/IteRand), ResNet-18 and WRN.
 
 All take NHWC float images in [0, 1] (MLP flattens), normalise them with
 optional per-channel `mean`/`std`, and return logits, or with
-`return_features=True` the penultimate representation. The head is the
-submodule named `head`, so
-methods can tell body from head by parameter path (ANIL/BOIL, fine-tuning).
+`return_features=True` the penultimate representation (also sown as
+`intermediates/features`, so `models.logits_and_features` gets both from one pass). The
+head is the submodule named `head`, so methods can tell body from head by parameter path
+(ANIL/BOIL, fine-tuning).
 Conv-4 variants (shared/methods/meta_learning_and_sparse.md §1(e)):
   `strided` MAML-TF Omniglot: 4 x [3x3 conv stride 2 SAME -> BN -> ReLU],
             spatial mean, linear head.
@@ -18,6 +19,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxlab.models.layers import Conv, Dense, make_norm
+
+
+def features_or_logits(module: nn.Module, features, return_features: bool, **head_kwargs):
+  """The tail every backbone shares: the features themselves, or the logits of the head
+  (`Dense` named `head`) with the features sown as `intermediates/features`."""
+  if return_features:
+    return features
+  module.sow("intermediates", "features", features)
+  return Dense(module.num_classes, name="head", **head_kwargs)(features)
 
 
 def _normalise(x, mean: Tuple[float, ...], std: Tuple[float, ...]):
@@ -45,10 +55,8 @@ class MLP(nn.Module):
       x = Dense(width, use_bias=self.use_bias, weight_init=self.weight_init)(x)
       x = make_norm(self.norm, train, self.norm_epsilon)(x)
       x = nn.relu(x)
-    if return_features:
-      return x
-    return Dense(self.num_classes, use_bias=self.use_bias, weight_init=self.weight_init,
-                 name="head")(x)
+    return features_or_logits(self, x, return_features, use_bias=self.use_bias,
+                              weight_init=self.weight_init)
 
 
 class Conv4(nn.Module):
@@ -72,9 +80,7 @@ class Conv4(nn.Module):
       if self.variant != "strided":
         x = max_pool_2x2(x)
     x = x.mean((1, 2)) if self.variant == "strided" else x.reshape(x.shape[0], -1)
-    if return_features:
-      return x
-    return Dense(self.num_classes, weight_init=self.weight_init, name="head")(x)
+    return features_or_logits(self, x, return_features, weight_init=self.weight_init)
 
 
 class Conv6(nn.Module):
@@ -102,10 +108,8 @@ class Conv6(nn.Module):
     for _ in range(2):
       x = Dense(int(256 * self.width), use_bias=self.use_bias, weight_init=self.weight_init)(x)
       x = nn.relu(make_norm(self.norm, train)(x))
-    if return_features:
-      return x
-    return Dense(self.num_classes, use_bias=self.use_bias, weight_init=self.weight_init,
-                 name="head")(x)
+    return features_or_logits(self, x, return_features, use_bias=self.use_bias,
+                              weight_init=self.weight_init)
 
 
 def max_pool_2x2(x):
@@ -161,9 +165,7 @@ class ResNet12(nn.Module):
       shortcut = Conv(filters, 1, padding=0, use_bias=False, weight_init=self.weight_init)(x)
       x = max_pool_2x2(nn.leaky_relu(y + make_norm(self.norm, train)(shortcut), 0.1))
     x = x.mean((1, 2))
-    if return_features:
-      return x
-    return Dense(self.num_classes, weight_init="torch", name="head")(x)
+    return features_or_logits(self, x, return_features, weight_init="torch")
 
 
 class ResNet18(nn.Module):
@@ -194,6 +196,52 @@ class ResNet18(nn.Module):
         strides = 2 if stage > 0 and b == 0 else 1
         x = BasicBlock(self.width * 2**stage, strides, self.norm, self.weight_init)(x, train)
     x = x.mean((1, 2))
-    if return_features:
-      return x
-    return Dense(self.num_classes, weight_init="torch", name="head")(x)
+    return features_or_logits(self, x, return_features, weight_init="torch")
+
+
+class WideBlock(nn.Module):
+  """Pre-activation wide basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3, 1x1 projection
+  (of the activated input) when the shape changes."""
+  filters: int
+  strides: int
+  norm: str
+  weight_init: str
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    activated = nn.relu(make_norm(self.norm, train)(x))
+    y = Conv(self.filters, 3, self.strides, padding=1, use_bias=False,
+             weight_init=self.weight_init)(activated)
+    y = nn.relu(make_norm(self.norm, train)(y))
+    y = Conv(self.filters, 3, 1, padding=1, use_bias=False, weight_init=self.weight_init)(y)
+    if self.strides != 1 or x.shape[-1] != self.filters:
+      x = Conv(self.filters, 1, self.strides, padding=0, use_bias=False,
+               weight_init=self.weight_init)(activated)
+    return x + y
+
+
+class WideResNet(nn.Module):
+  """WRN-depth-k (Zagoruyko & Komodakis 2016, arXiv 1605.07146) for 32x32 inputs: a 16-
+  channel 3x3 stem, three stages of (depth - 4) / 6 pre-activation blocks of 16k, 32k, 64k
+  channels (strides 1, 2, 2), BN-ReLU, global mean. WRN-34-10 and WRN-28-10 are the
+  adversarial-robustness standards."""
+  num_classes: int
+  depth: int = 28
+  widen: int = 10
+  norm: str = "batch_norm"
+  weight_init: str = "kaiming_normal_fan_out"
+  mean: Tuple[float, ...] = ()
+  std: Tuple[float, ...] = ()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, return_features: bool = False):
+    if (self.depth - 4) % 6:
+      raise ValueError(f"WideResNet depth must be 6n + 4 (e.g. 28, 34), got {self.depth}")
+    x = _normalise(x, self.mean, self.std)
+    x = Conv(16, 3, 1, padding=1, use_bias=False, weight_init=self.weight_init)(x)
+    for stage in range(3):
+      for b in range((self.depth - 4) // 6):
+        strides = 2 if stage > 0 and b == 0 else 1
+        x = WideBlock(16 * self.widen * 2**stage, strides, self.norm, self.weight_init)(x, train)
+    x = nn.relu(make_norm(self.norm, train)(x)).mean((1, 2))
+    return features_or_logits(self, x, return_features, weight_init="torch")

@@ -5,7 +5,9 @@ What it does, in order:
   2. asks the method for its task (data + samplers) and validates everything a
      user can get wrong before writing to `workdir`;
   3. restores the newest readable checkpoint, or initialises the state
-     replicated on the mesh;
+     replicated on the mesh (from the weights of `config.init_from` when set: another
+     run's workdir or an .npz, less the `init_skip` prefixes; methods with more state
+     define `start_from(state, variables, train_data, *, config, spec)`);
   4. runs the jitted step: the task draws the batch on device from
      `fold_in(data_key, step)`, the batch is sharded on `data`, the method
      updates the state with `fold_in(step_key, step)`; so a resumed run
@@ -15,9 +17,10 @@ What it does, in order:
      `metrics.jsonl` and prints a progress line with steps/s and ETA;
   6. evaluates every `eval_every` steps, checkpoints every `checkpoint_every`
      steps and at the end, and writes `results.json` from the final evaluation
-     (plus `train/<metric>` of the final step).
+     (plus `train/<metric>` of the final step, and with `train.select_by` the evaluation
+     with the lowest validation metric as `selected/*`).
 
-Outputs in `workdir`: `config.json`, `metrics.jsonl`, `results.json`,
+Outputs in `workdir`: `config.json`, `metrics.jsonl`, `results.json`, `selection.json`,
 `checkpoints/<step>/`, and `tensorboard/` when tensorboardX is installed.
 """
 
@@ -32,11 +35,12 @@ from typing import Dict
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from jaxlab import methods
-from jaxlab.errors import TrainingDiverged
+from jaxlab.errors import TrainingDiverged, UserError
 from jaxlab.train import sharding
-from jaxlab.train.checkpoint import Checkpointer
+from jaxlab.train.checkpoint import Checkpointer, load_pretrained
 from jaxlab.train.metrics import MetricWriter
 
 
@@ -79,6 +83,55 @@ def _check_finite(pending, first_step: int, checkpoints: Checkpointer) -> Dict[s
   return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
+def _start_from(state, variables, train_data, *, config, spec):
+  """A fresh state with the pretrained variables in place of the initial ones (the
+  optimizer state of SGD/Adam does not depend on the parameter values)."""
+  del train_data, config, spec
+  return state.replace(params=variables["params"],
+                       model_state={k: v for k, v in variables.items() if k != "params"})
+
+
+def _with_pretrained(state, loaded):
+  """The state's variables with every loaded leaf in place (skipped ones keep their init)."""
+  flat = traverse_util.flatten_dict({"params": state.params, **state.model_state}, sep="/")
+  flat.update(traverse_util.flatten_dict(loaded, sep="/"))
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+class _Selection:
+  """Model selection by a validation metric (the fine-tuning group protocol): keeps the
+  evaluation with the lowest `select_by` (e.g. "validation/loss"; earliest on ties) and
+  reports it as `selected/<split>/<metric>` and `selected/step`. Kept in
+  `workdir/selection.json` so a resumed run selects as an uninterrupted one."""
+
+  def __init__(self, workdir: str, select_by: str, resume_step: int, lead: bool):
+    self.key, self.lead = select_by, lead
+    self.path = os.path.join(workdir, "selection.json")
+    self.best = None
+    if select_by and resume_step and os.path.exists(self.path):
+      with open(self.path) as f:
+        saved = json.load(f)
+      if saved["step"] <= resume_step:  # later ones are recomputed by the replay
+        self.best = saved
+
+  def offer(self, step: int, evaluation: Dict[str, float]) -> None:
+    if not self.key:
+      return
+    if self.key not in evaluation:
+      raise UserError(f"train.select_by={self.key!r} is not an evaluated metric; valid: "
+                      + ", ".join(k for k in evaluation if not k.endswith("_ci95")))
+    if self.best is None or evaluation[self.key] < self.best["metrics"][self.key]:
+      self.best = {"step": step, "metrics": dict(evaluation)}
+      if self.lead:
+        _write_json(self.path, self.best)
+
+  def results(self) -> Dict[str, float]:
+    if self.best is None:
+      return {}
+    return {"selected/step": self.best["step"],
+            **{f"selected/{k}": v for k, v in self.best["metrics"].items()}}
+
+
 def _eta(seconds: float) -> str:
   return str(datetime.timedelta(seconds=int(seconds)))
 
@@ -95,11 +148,6 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   lead = jax.process_index() == 0
   log = functools.partial(print, flush=True) if lead else (lambda *a, **k: None)
 
-  os.makedirs(workdir, exist_ok=True)
-  if lead:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-
   init_key, data_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
   init = lambda rng: method.init(config, rng, spec)
   repl = sharding.replicated(mesh)
@@ -107,17 +155,31 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   state_sharding = jax.tree.map(lambda _: repl, abstract)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
                           abstract)
+  pretrained = None
+  if config.get("init_from"):  # read (and checked) before anything is written
+    pretrained = load_pretrained(config.init_from,
+                                 {"params": abstract.params, **abstract.model_state},
+                                 skip=config.get("init_skip", ""))
+
+  os.makedirs(workdir, exist_ok=True)
+  if lead:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+  train_data = sharding.put_replicated(task.train_arrays(), mesh)
   restored = checkpoints.restore_latest(abstract)
   if restored is None:
     state, start = jax.jit(init, out_shardings=state_sharding)(init_key), 0
+    if pretrained is not None:
+      start_from = functools.partial(getattr(method, "start_from", _start_from), config=config,
+                                     spec=spec)
+      state = jax.jit(lambda s, p, d: start_from(s, _with_pretrained(s, p), d),
+                      out_shardings=state_sharding)(state, pretrained, train_data)
   else:
     state, start = restored
     log(f"jaxlab: resuming from the checkpoint at step {start} in {checkpoints.directory}")
   writer = MetricWriter(workdir, resume_step=start if restored else None)
-
-  train_data = sharding.put_replicated(task.train_arrays(), mesh)
   eval_data = {split: sharding.put_replicated(a, mesh) for split, a in eval_host.items()}
 
   def train_fn(state, data):
@@ -144,6 +206,12 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
       results.update({f"{split}/{k}": v for k, v in summarize(outputs, masks).items()})
     return results
 
+  select_by = config.train.get("select_by", "")
+  if select_by and select_by.split("/", 1)[0] not in eval_splits:
+    raise UserError(f"train.select_by={select_by!r} names a split that is not evaluated; "
+                    f"data.eval_splits: {', '.join(eval_splits)}")
+  selection = _Selection(workdir, select_by, start if restored else 0, lead)
+
   total = config.train.steps
   log_every = max(1, config.train.log_every)
   pending, started, last_time, last_step = [], time.time(), time.time(), start
@@ -168,6 +236,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
             f"ETA {_eta((total - done) / max(rate, 1e-9))}")
       if do_eval:
         evaluation = evaluate(state)
+        selection.offer(done, evaluation)
         for split in eval_splits:
           writer.write(done, split, {k.split("/", 1)[1]: v for k, v in evaluation.items()
                                      if k.startswith(split + "/")})
@@ -175,7 +244,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
                                                   if not k.endswith("_ci95")))
       if do_save:
         checkpoints.save(done, state)
-    results = {"step": int(jax.device_get(state.step)), **evaluate(state),
+    final_evaluation = evaluate(state)
+    selection.offer(total, final_evaluation)
+    results = {"step": int(jax.device_get(state.step)), **final_evaluation, **selection.results(),
                # the final step's own training metrics (e.g. per-layer sparsity); one step,
                # not a window mean, so a resumed run writes the same file
                **{f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}}
