@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Adversarial robustness on the embedded digits (shared/methods/robustness_tta_merging.md
-# §3(g), §2(g)2): standard training, PGD-AT, TRADES and SOVR (M = 0.4), eps 0.1, each
-# evaluated under PGD-10, PGD-100, APGD-CE and AA-lite. Writes
-# RUNS/robust_digits/<method>/all/seed<k>/results.json; then `python docs/make_tables.py`.
+# §3(g), §2(g)2, §1(g)), eps 0.1: standard training, PGD-AT, TRADES, SOVR (M = 0.4), the
+# weighted-CE arms GAIRAT and MAIL, and the four ARREST arms fine-tuned (1,000 steps) from
+# the standard run of the same seed: AFT, AFT + RGKD, AFT + NR, ARREST. Each is evaluated
+# under PGD-10, PGD-100, APGD-CE and AA-lite, with the adversarial margin histogram. Writes
+# RUNS/robust_digits/<arm>/all/seed<k>/results.json; then `python docs/make_tables.py`.
 #   RUNS=runs bash docs/repro_robust.sh
 source "$(dirname "$0")/repro_common.sh"
 for seed in $SEEDS; do
-  for method in erm pgd_at trades sovr; do
+  for method in erm pgd_at trades sovr gairat mail; do
     run "$RUNS/robust_digits/$method/all/seed$seed" \
       --config=configs/robust.py:digits,method=$method --config.seed=$seed
   done
+  arrest_arm() { local arm=$1; shift
+    run "$RUNS/robust_digits/$arm/all/seed$seed" --config=configs/robust.py:digits,method=arrest \
+      --config.seed=$seed --config.init_from="$RUNS/robust_digits/erm/all/seed$seed" "$@"; }
+  arrest_arm aft --config.arrest.rgkd_weight=0.0 --config.arrest.noisy_replay=False
+  arrest_arm aft_rgkd --config.arrest.noisy_replay=False
+  arrest_arm aft_nr --config.arrest.rgkd_weight=0.0
+  arrest_arm arrest
+  arrest_arm arrest_t098 --config.arrest.nr_threshold=0.98  # NR that fires despite RGKD
 done

@@ -9,6 +9,8 @@ import pytest
 
 from jaxlab.eval import attacks
 
+from conftest import one_train_step
+
 EPS = 0.05
 
 
@@ -146,34 +148,19 @@ def test_bad_arguments_say_what_is_valid():
     attacks.dlr(jnp.zeros((2, 2)), jnp.zeros(2, jnp.int32))
 
 
-def _one_step(config_arg, overrides):
-  import jaxlab
-  from jaxlab.data.tasks import Spec
-  config = jaxlab.load_config(config_arg, {"model.hidden": (16,), **overrides})
-  spec = Spec(input_shape=(8, 8, 1), num_classes=10)
-  method = jaxlab.get_method(config.method)
-  state = method.init(config, jax.random.key(0), spec)
-  rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.uniform(size=(32, 8, 8, 1)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, 10, 32))}
-  new, metrics = jax.jit(lambda s, b: method.train_step(s, b, jax.random.key(1), config=config,
-                                                        spec=spec))(state, batch)
-  return new, metrics, config, spec, batch
-
-
 def test_adversarial_training_reduces_to_erm_at_zero_radius_or_weight():
   """PGD-AT with train_eps 0 attacks nothing, TRADES with beta 0 drops its KL term: both
   must then take exactly the `erm` step."""
-  reference, *_ = _one_step("configs/robust.py:digits,method=erm", {})
-  pgd_at, *_ = _one_step("configs/robust.py:digits,method=pgd_at", {"adv.train_eps": 0.0})
-  trades, metrics, *_ = _one_step("configs/robust.py:digits,method=trades", {"adv.beta": 0.0})
+  reference, *_ = one_train_step("configs/robust.py:digits,method=erm", {})
+  pgd_at, *_ = one_train_step("configs/robust.py:digits,method=pgd_at", {"adv.train_eps": 0.0})
+  trades, metrics, *_ = one_train_step("configs/robust.py:digits,method=trades", {"adv.beta": 0.0})
   assert float(metrics["kl"]) > 0  # the KL term is computed, only weighted by 0
   for a, b, c in zip(jax.tree.leaves(reference.params), jax.tree.leaves(pgd_at.params),
                      jax.tree.leaves(trades.params)):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-7)
   # and with the radius on, the training batch really is perturbed
-  moved, *_ = _one_step("configs/robust.py:digits,method=pgd_at", {})
+  moved, *_ = one_train_step("configs/robust.py:digits,method=pgd_at", {})
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(reference.params),
                                                       jax.tree.leaves(moved.params)))
 
@@ -222,10 +209,10 @@ def test_sovr_switches_the_smallest_margins_and_is_pgd_at_at_zero_fraction():
   np.testing.assert_array_equal(sovr.switched(m, config), [0, 1, 1, 0, 0, 1, 0])  # ceil(2.8)
   config.sovr.switch_rule = "margin_threshold"
   np.testing.assert_array_equal(sovr.switched(m, config), [0, 1, 1, 1, 0, 1, 0])
-  reference, *_ = _one_step("configs/robust.py:digits,method=pgd_at", {})
-  same, metrics, *_ = _one_step("configs/robust.py:digits,method=sovr", {"sovr.fraction": 0.0})
+  reference, *_ = one_train_step("configs/robust.py:digits,method=pgd_at", {})
+  same, metrics, *_ = one_train_step("configs/robust.py:digits,method=sovr", {"sovr.fraction": 0.0})
   assert float(metrics["ovr_fraction"]) == 0.0
   for a, b in zip(jax.tree.leaves(reference.params), jax.tree.leaves(same.params)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-  _, metrics, *_ = _one_step("configs/robust.py:digits,method=sovr", {})
+  _, metrics, *_ = one_train_step("configs/robust.py:digits,method=sovr", {})
   assert float(metrics["ovr_fraction"]) == pytest.approx(13 / 32)  # ceil(0.4 * 32)

@@ -113,8 +113,11 @@ def fgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, eps: float) -> jax.
 
 def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps: float,
         step_size: float, steps: int, norm: str = "linf", random_start: bool = True,
-        loss: str = "ce") -> jax.Array:
+        loss: str = "ce", count_correct_steps: bool = False):
   """Projected gradient ascent on `loss`; returns the last iterate (Madry et al.).
+
+  With `count_correct_steps`, also the number of the `steps` iterates the model still
+  classified correctly before each step (per example; GAIRAT's kappa).
 
   l-inf: delta_0 ~ U[-eps, eps], steps of step_size * sign(grad). l-2: delta_0 uniform in
   direction with radius eps * U[0, 1], steps of step_size * grad / ||grad||_2.
@@ -134,11 +137,15 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps:
     start = x
   grad_fn = _loss_grad(logits_fn, loss)
 
-  def body(_, x_adv):
-    grad, _ = grad_fn(x_adv, y, y)
-    return project(x_adv + step_size * direction(grad), x, eps)
+  def body(_, carry):
+    x_adv, correct_steps = carry
+    grad, (_, logits) = grad_fn(x_adv, y, y)
+    correct_steps += (jnp.argmax(logits, -1) == y).astype(jnp.int32)
+    return project(x_adv + step_size * direction(grad), x, eps), correct_steps
 
-  return jax.lax.fori_loop(0, steps, body, project(start, x, eps))
+  x_adv, correct_steps = jax.lax.fori_loop(
+      0, steps, body, (project(start, x, eps), jnp.zeros(y.shape, jnp.int32)))
+  return (x_adv, correct_steps) if count_correct_steps else x_adv
 
 
 # ------------------------------------------------------------------------------- APGD

@@ -62,4 +62,8 @@ def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
     metrics.update(robust.robust_accuracy(
         lambda x: model.apply(variables, x, train=False), batch["image"], batch["label"],
         config.adv, jax.random.key(config.seed + 1)))
+  if "adv" in config and config.adv.get("margin_bins"):
+    metrics.update(robust.adversarial_margin_histogram(
+        lambda x: model.apply(variables, x, train=False), batch["image"], batch["label"],
+        config.adv, jax.random.key(config.seed + 2)))
   return metrics
