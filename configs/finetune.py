@@ -24,10 +24,12 @@ training set).
   <tfds>_pretrain is not offered: the real-data presets start from ImageNet weights the user
   converts to an .npz (`init_from=weights.npz`, arrays named like "params/Conv_0/kernel").
   caltech_birds2011, cars196, oxford_iiit_pet, oxford_flowers102
-                    ResNet-18 (ImageNet stem, 224x224, mean = std = 0.5 as the code) on the
-                    TFDS set, `fraction` in {0.1, 0.3, 0.5, 1.0} of the training split, the
-                    official recipe: batch 64, SGD-Nesterov 0.01, x0.1 at epochs 60/120/160
-                    of 200, no weight decay. ResNet-50 is not in jaxlab.models yet.
+                    arch=resnet50 (default) or resnet18 (ImageNet stem, 224x224, mean = std
+                    = 0.5 as the code) on the TFDS set, `fraction` in {0.1, 0.3, 0.5, 1.0} of
+                    the training split, the official recipe: batch 64, SGD-Nesterov 0.01,
+                    x0.1 at epochs 60/120/160 of 200, no weight decay. Weights: a converted
+                    torchvision checkpoint as .npz (jaxlab's ResNet-18/50 have torchvision's
+                    parameter counts; converting is the user's step).
 """
 
 import functools
@@ -35,6 +37,7 @@ import functools
 import ml_collections
 
 from jaxlab.config import base_config, presets
+from jaxlab.errors import unknown
 
 TFDS_SETS = {"caltech_birds2011": 5994, "cars196": 8144, "oxford_iiit_pet": 3680,
              "oxford_flowers102": 1020}
@@ -78,9 +81,9 @@ def digits(method="finetune", prior="pretrained", n=10):
   return _finetune(c, method, prior, steps=2000, batch_size=min(64, train_size), eval_every=50)
 
 
-def _resnet18(c, stem, std, crop_padding):
+def _resnet(c, stem, std, crop_padding, name="resnet18"):
   c.model = ml_collections.ConfigDict(dict(
-      name="resnet18", width=64, stem=stem, norm="batch_norm",
+      name=name, width=64, stem=stem, norm="batch_norm",
       weight_init="kaiming_normal_fan_out", mean=(0.5, 0.5, 0.5), std=(std,) * 3))
   c.aug.crop_padding = crop_padding
   return c
@@ -88,7 +91,7 @@ def _resnet18(c, stem, std, crop_padding):
 
 def _glyphs_model(c):
   c.data.name = "glyphs/color32"
-  return _resnet18(c, "cifar", 0.25, crop_padding=4)
+  return _resnet(c, "cifar", 0.25, crop_padding=4)
 
 
 def glyphs_color32_pretrain():
@@ -107,12 +110,14 @@ def glyphs_color32(method="finetune", prior="pretrained", n=16):
   return _finetune(c, method, prior, steps=2000, batch_size=64, eval_every=200)
 
 
-def _tfds(name, method="finetune", prior="pretrained", fraction=1.0):
+def _tfds(name, method="finetune", prior="pretrained", fraction=1.0, arch="resnet50"):
   c = base_config()
   c.data.name = name
   c.data.image_size = 224
   c.data.train_fraction = fraction
-  c = _resnet18(c, "imagenet", 0.5, crop_padding=16)
+  if arch not in ("resnet18", "resnet50"):
+    raise unknown("arch", arch, ("resnet18", "resnet50"), "configs/finetune.py")
+  c = _resnet(c, "imagenet", 0.5, crop_padding=16, name=arch)
   c.aug.flip = True
   per_epoch = int(0.9 * fraction * TFDS_SETS[name]) // 64
   c = _finetune(c, method, prior, steps=200 * per_epoch, batch_size=64, eval_every=per_epoch)

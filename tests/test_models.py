@@ -4,6 +4,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -76,3 +77,15 @@ def test_model_shapes(name, kwargs, shape, features):
   assert jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True),
                         variables, x).shape == (4, features)
   assert "head" in variables["params"]
+
+
+@pytest.mark.parametrize("name,fields,shape,classes,count", [
+    ("resnet18", dict(stem="imagenet"), (224, 224, 3), 1000, 11_689_512),  # torchvision
+    ("resnet50", dict(stem="imagenet"), (224, 224, 3), 1000, 25_557_032),  # torchvision
+    ("wide_resnet", dict(depth=28, widen=10), (32, 32, 3), 10, 36_479_194),  # WRN paper
+    ("wide_resnet", dict(depth=34, widen=10), (32, 32, 3), 10, 46_160_474),
+])
+def test_parameter_counts_match_the_published_ones(name, fields, shape, classes, count):
+  model = models.build(ml_collections.ConfigDict(dict(name=name, **fields)), classes)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + shape)))
+  assert sum(p.size for p in jax.tree.leaves(shapes["params"])) == count

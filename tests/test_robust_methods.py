@@ -1,5 +1,5 @@
 """ARREST (§1), the weighted-CE arms GAIRAT/MAIL (§2(b)), adversarial margin histograms,
-starting a run from pretrained weights (`init_from`), and the WRN backbone."""
+and starting a run from pretrained weights (`init_from`)."""
 
 import jax
 import jax.numpy as jnp
@@ -192,12 +192,3 @@ def test_arrest_starts_from_the_pretrained_run_and_needs_one(tmp_path):
   zero_steps = json.loads((tmp_path / "arrest" / "results.json").read_text())
   assert zero_steps["test/accuracy"] == erm["test/accuracy"]
   assert zero_steps["test/feature_cosine"] == pytest.approx(1.0, abs=1e-5)
-
-
-def test_wide_resnet_parameter_counts_match_the_published_ones():
-  """WRN-28-10: 36.5M, WRN-34-10: 46.2M parameters for CIFAR-10 (the standard figures)."""
-  for depth, count in ((28, 36_479_194), (34, 46_160_474)):
-    model = models.build(jaxlab.load_config(
-        f"configs/robust.py:cifar10,arch=wrn{depth}_10").model, 10)
-    shapes = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    assert sum(p.size for p in jax.tree.leaves(shapes["params"])) == count

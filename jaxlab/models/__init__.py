@@ -11,10 +11,11 @@ import ml_collections
 
 from jaxlab.errors import UserError, unknown
 from jaxlab.models.layers import INITS, NORMS, BatchStatNorm, Conv, Dense, kernel_init
-from jaxlab.models.nets import MLP, Conv4, Conv6, ResNet12, ResNet18, WideResNet
+from jaxlab.models.nets import MLP, Conv4, Conv6, ResNet12, ResNet18, ResNet50, WideResNet
 
 MODELS: Dict[str, Type[nn.Module]] = {"mlp": MLP, "conv4": Conv4, "conv6": Conv6,
                                       "resnet12": ResNet12, "resnet18": ResNet18,
+                                      "resnet50": ResNet50,
                                       "wide_resnet": WideResNet}
 
 
@@ -40,7 +41,7 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
 
 
 __all__ = ["MODELS", "build", "logits_and_features", "MLP", "Conv4", "Conv6", "ResNet12",
-           "ResNet18", "WideResNet", "Dense", "Conv", "BatchStatNorm", "kernel_init", "INITS",
+           "ResNet18", "ResNet50", "WideResNet", "Dense", "Conv", "BatchStatNorm", "kernel_init", "INITS",
            "NORMS"]
 
 

@@ -1,4 +1,4 @@
-"""Backbones: MLP, the few-shot Conv-4, Conv-6 (edge-popup/IteRand), ResNet-18 and WRN.
+"""Backbones: MLP, the few-shot Conv-4, Conv-6 (edge-popup/IteRand), ResNet-18/50 and WRN.
 
 All take NHWC float images in [0, 1] (MLP flattens), normalise them with
 optional per-channel `mean`/`std`, and return logits, or with
@@ -168,10 +168,31 @@ class ResNet12(nn.Module):
     return features_or_logits(self, x, return_features, weight_init="torch")
 
 
+class Bottleneck(nn.Module):
+  """ResNet-50 block as torchvision's (v1.5): 1x1 -> 3x3 (stride here) -> 1x1 (x4), BN after
+  each, projection shortcut when the shape changes."""
+  filters: int
+  strides: int
+  norm: str
+  weight_init: str
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = lambda f, k, s, p: Conv(f, k, s, padding=p, use_bias=False, weight_init=self.weight_init)
+    y = nn.relu(make_norm(self.norm, train)(conv(self.filters, 1, 1, 0)(x)))
+    y = nn.relu(make_norm(self.norm, train)(conv(self.filters, 3, self.strides, 1)(y)))
+    y = make_norm(self.norm, train)(conv(4 * self.filters, 1, 1, 0)(y))
+    if self.strides != 1 or x.shape[-1] != 4 * self.filters:
+      x = make_norm(self.norm, train)(conv(4 * self.filters, 1, self.strides, 0)(x))
+    return nn.relu(x + y)
+
+
 class ResNet18(nn.Module):
-  """ResNet-18 (He et al. 2016). `stem='cifar'`: 3x3 stride-1 stem, no max-pool (32x32 inputs);
+  """ResNet-18 (He et al. 2016); `depth=50` makes it ResNet-50 (bottleneck blocks 3-4-6-3,
+  model name `resnet50`). `stem='cifar'`: 3x3 stride-1 stem, no max-pool (32x32 inputs);
   `stem='imagenet'`: 7x7 stride-2 stem and 3x3 max-pool (224x224 inputs)."""
   num_classes: int
+  depth: int = 18
   width: int = 64
   stem_width: int = 0  # 0: `width`; IteRand's CIFAR ResNets keep a 64-channel stem at any width
   stem: str = "cifar"
@@ -191,12 +212,19 @@ class ResNet18(nn.Module):
     else:
       x = Conv(stem_width, 3, 1, padding=1, use_bias=False, weight_init=self.weight_init)(x)
       x = nn.relu(make_norm(self.norm, train)(x))
-    for stage, blocks in enumerate((2, 2, 2, 2)):
+    if self.depth not in (18, 50):
+      raise ValueError(f"ResNet depth must be 18 or 50, got {self.depth}")
+    block, stages = (BasicBlock, (2, 2, 2, 2)) if self.depth == 18 else (Bottleneck, (3, 4, 6, 3))
+    for stage, blocks in enumerate(stages):
       for b in range(blocks):
         strides = 2 if stage > 0 and b == 0 else 1
-        x = BasicBlock(self.width * 2**stage, strides, self.norm, self.weight_init)(x, train)
+        x = block(self.width * 2**stage, strides, self.norm, self.weight_init)(x, train)
     x = x.mean((1, 2))
     return features_or_logits(self, x, return_features, weight_init="torch")
+
+
+class ResNet50(ResNet18):
+  depth: int = 50
 
 
 class WideBlock(nn.Module):
