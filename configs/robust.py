@@ -20,7 +20,8 @@ radius on [0, 1] images; default 0.1 on digits, 8/255 otherwise).
 Method settings: SOVR M = 0.4 (smallest adversarial margins of each batch take the one-vs-
 the-rest loss); GAIRAT lambda -1, MAIL gamma 10, beta 0, both weighting after a burn-in of
 half the steps; ARREST lambda_RGKD 1 on 1 - cos of penultimate features, noisy replay below
-cos 0.9 with U[-eps, eps] noise. `erm` trains normally and is evaluated under the same attacks.
+cos 0.9 with U[-eps, eps] noise. `erm` trains normally and is evaluated under the same attacks. `adv.logit_scale` multiplies the
+logits the evaluation attacks see (predictions unchanged): the gradient-masking check.
 """
 
 import ml_collections
@@ -34,7 +35,7 @@ def _robust(c, method, eps, step_size, eval_attacks, margin_bins=""):
   c.adv = ml_collections.ConfigDict(dict(
       eps=eps, train_eps=eps, step_size=step_size, steps=10, attack_train_mode=False,
       beta=6.0, eval_step_size=step_size, apgd_iters=100, eval_attacks=eval_attacks,
-      margin_bins=margin_bins))
+      margin_bins=margin_bins, logit_scale=1.0))
   c.sovr = ml_collections.ConfigDict(dict(fraction=0.4, switch_rule="top_ratio", kappa=0.0))
   c.importance = ml_collections.ConfigDict(dict(
       burn_in=0.5, gairat_lambda=-1.0, mail_gamma=10.0, mail_beta=0.0))

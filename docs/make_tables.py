@@ -21,8 +21,24 @@ DOCS = os.path.dirname(os.path.abspath(__file__))
 
 # table name -> (markdown file, metric, scale, row order, column order[, source]).
 # metric None: the columns are the `test/*` metrics of each run (sinusoid: MSE after k
-# steps; robustness: clean and robust accuracies). A metric ending in "/*" (e.g. "train/sparsity/*"): the rows are what the star
-# matches, read from the runs of `source` = (table directory, row directory).
+# steps; robustness: clean and robust accuracies) and the DERIVED ones. A metric ending in
+# "/*" (e.g. "train/sparsity/*"): the rows are what the star matches, read from the runs of
+# `source` = (table directory, row directory); the columns are that row's column
+# directories, or the row directories when the source row is "*".
+ROBUST_ARMS = ["erm", "pgd_at", "trades", "sovr", "gairat", "mail", "aft", "aft_rgkd", "aft_nr",
+               "arrest", "arrest_t098"]
+
+FINETUNE_ARMS = ["finetune", "l2sp", "randreg_uniform", "randreg_normal", "randreg_pretrained",
+                 "adarand"]
+FINETUNE_N = ["n5", "n10", "n20", "n50"]
+
+# Columns computed from a run's other test metrics (before scaling): NRR, the harmonic mean
+# of clean and AA-lite accuracy (robustness_tta_merging.md §0.3).
+DERIVED = {
+    "nrr": lambda r: 2 * r["accuracy"] * r["robust_accuracy/aa_lite"] / max(
+        r["accuracy"] + r["robust_accuracy/aa_lite"], 1e-12),
+}
+
 TABLES = {
     "maml_sinusoid": ("maml.md", None, 1.0, ["maml", "pretrained"],
                       ["mse_step0", "mse_step1", "mse_step10"]),
@@ -41,9 +57,27 @@ TABLES = {
                              ("meta_ticket_width", "meta_ticket")),
     "meta_ticket_sinusoid": ("supermask.md", None, 1.0, ["maml", "meta_ticket"],
                              ["mse_step0", "mse_step1", "mse_step5"]),
-    "robust_digits": ("robust.md", None, 100.0, ["erm", "pgd_at", "trades", "sovr"],
+    "robust_digits": ("robust.md", None, 100.0, ROBUST_ARMS,
                       ["accuracy", "robust_accuracy/pgd10", "robust_accuracy/pgd100",
-                       "robust_accuracy/apgd_ce", "robust_accuracy/aa_lite"]),
+                       "robust_accuracy/apgd_ce", "robust_accuracy/aa_lite", "nrr",
+                       "feature_cosine"]),
+    "robust_digits_margins": ("robust.md", "test/adv_margin_hist/*", 100.0,
+                              ["-inf..-4", "-4..-2", "-2..-1", "-1..0", "0..1", "1..2", "2..4",
+                               "4..8", "8..inf"], ROBUST_ARMS, ("robust_digits", "*")),
+    "robust_digits_arrest": ("robust.md", "train/*", 100.0,
+                             ["nr_fraction", "drift_cosine", "rgkd"],
+                             ["aft", "aft_rgkd", "aft_nr", "arrest", "arrest_t098"],
+                             ("robust_digits", "*")),
+    "robust_digits_logit_scale": ("robust.md", None, 100.0,
+                                  ["erm_x1", "erm_x10000", "pgd_at_x1", "pgd_at_x10000"],
+                                  ["accuracy", "robust_accuracy/pgd10",
+                                   "robust_accuracy/apgd_ce", "robust_accuracy/apgd_dlr"]),
+    "finetune_digits": ("finetune.md", "selected/test/accuracy", 100.0, FINETUNE_ARMS,
+                        FINETUNE_N),
+    "finetune_digits_norm": ("finetune.md", "selected/test/feature_norm", 1.0, FINETUNE_ARMS,
+                             FINETUNE_N),
+    "finetune_digits_entropy": ("finetune.md", "selected/test/feature_entropy", 1.0,
+                                FINETUNE_ARMS, FINETUNE_N),
 }
 
 
@@ -57,21 +91,29 @@ def collect(runs: str, table: str):
     with open(path) as f:
       results = json.load(f)
     if metric is None:
-      for key, value in results.items():
-        if key.startswith("test/") and not key.endswith("_ci95"):
-          cells.setdefault((row, key[len("test/"):]), []).append(scale * value)
+      test = {k[len("test/"):]: v for k, v in results.items()
+              if k.startswith("test/") and not k.endswith("_ci95")}
+      for name, derive in DERIVED.items():
+        try:
+          test[name] = derive(test)
+        except KeyError:
+          pass
+      for key, value in test.items():
+        cells.setdefault((row, key), []).append(scale * value)
     elif metric.endswith("/*"):
       prefix = metric[:-1]
+      # with one source row the columns are its column directories, else the row directories
+      across = column if only_row != "*" else row
       for key, value in results.items():
-        if key.startswith(prefix):
-          cells.setdefault((key[len(prefix):], column), []).append(scale * value)
+        if key.startswith(prefix) and not key.endswith("_ci95"):
+          cells.setdefault((key[len(prefix):], across), []).append(scale * value)
     else:
       cells.setdefault((row, column), []).append(scale * results[metric])
   return cells
 
 
 def render(table: str, cells) -> str:
-  _, metric, _, rows, columns, *_ = TABLES[table]
+  _, metric, scale, rows, columns, *_ = TABLES[table]
   rows = [r for r in rows if any((r, c) in cells for c in columns)]
   columns = [c for c in columns if any((r, c) in cells for r in rows)]
   lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -85,7 +127,8 @@ def render(table: str, cells) -> str:
       spread = statistics.stdev(values) if len(values) > 1 else 0.0
       out.append(f"{statistics.mean(values):.2f} +- {spread:.2f} (n={len(values)})")
     lines.append(f"| {row} | " + " | ".join(out) + " |")
-  unit = "mean +- std over seeds" + ("" if metric is None else f" of {metric} x100")
+  unit = "mean +- std over seeds" + ("" if metric is None else f" of {metric}" + (
+      f" x{scale:g}" if scale != 1 else ""))
   return "\n".join(lines) + f"\n\n({unit}; generated by docs/make_tables.py)"
 
 

@@ -125,8 +125,9 @@ def train_step(state: ArrestState, batch, rng: jax.Array, *, config, spec: tasks
   if a.noisy_replay:
     x_train, switch, drift = noisy_replay(state, x, x_adv, teacher, noise_rng, config=config,
                                           spec=spec)
-  else:
-    x_train, switch, drift = x_adv, jnp.zeros(y.shape, bool), jnp.zeros(y.shape)
+  else:  # the drift is still logged: it is what RGKD is meant to keep high
+    x_train, switch = x_adv, jnp.zeros(y.shape, bool)
+    drift = _cosine(_features(model, state.params, state.model_state, x), teacher)
   mutable = list(state.model_state)
 
   def loss_fn(params):

@@ -59,9 +59,12 @@ def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
   metrics = {"accuracy": losses.correct(logits, batch["label"]),
              "loss": losses.cross_entropy(logits, batch["label"])}
   if "adv" in config and config.adv.eval_attacks:  # robustness presets (configs/robust.py)
+    # the attacks may see the logits times adv.logit_scale (> 0: same predictions), the
+    # gradient-masking check of §3(g)
+    scale = config.adv.get("logit_scale", 1.0)
     metrics.update(robust.robust_accuracy(
-        lambda x: model.apply(variables, x, train=False), batch["image"], batch["label"],
-        config.adv, jax.random.key(config.seed + 1)))
+        lambda x: scale * model.apply(variables, x, train=False), batch["image"],
+        batch["label"], config.adv, jax.random.key(config.seed + 1)))
   if "adv" in config and config.adv.get("margin_bins"):
     metrics.update(robust.adversarial_margin_histogram(
         lambda x: model.apply(variables, x, train=False), batch["image"], batch["label"],

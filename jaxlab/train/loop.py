@@ -15,8 +15,9 @@ What it does, in order:
   5. every `log_every` steps checks that all metrics since the last check are
      finite (else stops without saving: `TrainingDiverged`), writes
      `metrics.jsonl` and prints a progress line with steps/s and ETA;
-  6. evaluates every `eval_every` steps, checkpoints every `checkpoint_every`
-     steps and at the end, and writes `results.json` from the final evaluation
+  6. evaluates every `eval_every` steps (a progress line every 30 s when that is long),
+     checkpoints every `checkpoint_every` steps and at the end, and writes `results.json`
+     from the final evaluation
      (plus `train/<metric>` of the final step, and with `train.select_by` the evaluation
      with the lowest validation metric as `selected/*`).
 
@@ -199,10 +200,16 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     results = {}
     for split, data in eval_data.items():
       outputs, masks = [], []
-      for index in range(task.num_eval_batches(data)):
+      batches, started_eval, shown = task.num_eval_batches(data), time.time(), time.time()
+      for index in range(batches):
         out, mask = jax.device_get(eval_fn(state, data, jnp.int32(index)))
         outputs.append(out)
         masks.append(mask)
+        now = time.time()
+        if now - shown > 30 and index + 1 < batches:  # long (e.g. AutoAttack) evaluations
+          shown, per_batch = now, (now - started_eval) / (index + 1)
+          log(f"evaluating {split}: batch {index + 1}/{batches} | {per_batch:.1f} s/batch | "
+              f"ETA {_eta(per_batch * (batches - index - 1))}")
       results.update({f"{split}/{k}": v for k, v in summarize(outputs, masks).items()})
     return results
 
