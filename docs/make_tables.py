@@ -75,9 +75,9 @@ TABLES = {
     "finetune_digits": ("finetune.md", "selected/test/accuracy", 100.0, FINETUNE_ARMS,
                         FINETUNE_N),
     "finetune_digits_norm": ("finetune.md", "selected/test/feature_norm", 1.0, FINETUNE_ARMS,
-                             FINETUNE_N),
+                             FINETUNE_N, ("finetune_digits", "*")),
     "finetune_digits_entropy": ("finetune.md", "selected/test/feature_entropy", 1.0,
-                                FINETUNE_ARMS, FINETUNE_N),
+                                FINETUNE_ARMS, FINETUNE_N, ("finetune_digits", "*")),
 }
 
 
