@@ -78,6 +78,11 @@ TABLES = {
                              FINETUNE_N, ("finetune_digits", "*")),
     "finetune_digits_entropy": ("finetune.md", "selected/test/feature_entropy", 1.0,
                                 FINETUNE_ARMS, FINETUNE_N, ("finetune_digits", "*")),
+    "finetune_glyphs": ("finetune.md", "selected/test/accuracy", 100.0, FINETUNE_ARMS, ["n5"]),
+    "finetune_glyphs_norm": ("finetune.md", "selected/test/feature_norm", 1.0, FINETUNE_ARMS,
+                             ["n5"], ("finetune_glyphs", "*")),
+    "finetune_glyphs_entropy": ("finetune.md", "selected/test/feature_entropy", 1.0,
+                                FINETUNE_ARMS, ["n5"], ("finetune_glyphs", "*")),
 }
 
 

@@ -152,7 +152,7 @@ def base_config() -> ConfigDict:
       name="digits", data_dir="", manual_dir="", download=False, train_split="train",
       eval_splits="test",
       image_key="image", label_key="label", image_size=0, grayscale=False, classes="",
-      per_class=0, train_fraction=1.0, val_fraction=0.0, split_seed=42))
+      per_class=0, train_fraction=1.0, val_fraction=0.0, split_seed=42, rest_as_test=False))
   c.aug = ConfigDict(dict(crop_padding=0, flip=False))
   c.model = ConfigDict(dict(name="mlp", hidden=(256, 256), norm="none", weight_init="flax"))
   c.optimizer = ConfigDict(dict(

@@ -143,15 +143,17 @@ def test_feature_entropy_matches_the_pairwise_formula_and_skips_padding_and_dupl
 def test_target_split_is_per_class_seeded_and_disjoint():
   labels = np.repeat(np.arange(4), 30)
   arrays = {"image": np.arange(120)[:, None], "label": labels}
-  train, val = tasks.carve_validation(arrays, per_class=10, val_fraction=0.1, seed=42)
+  train, val, rest = tasks.carve_validation(arrays, per_class=10, val_fraction=0.1, seed=42)
   assert np.bincount(train["label"]).tolist() == [9] * 4
   assert np.bincount(val["label"]).tolist() == [1] * 4  # at least one per class
-  assert not set(train["image"][:, 0]) & set(val["image"][:, 0])
-  again, _ = tasks.carve_validation(arrays, per_class=10, val_fraction=0.1, seed=42)
+  assert np.bincount(rest["label"]).tolist() == [20] * 4  # the unused, e.g. as a test split
+  parts = [set(p["image"][:, 0]) for p in (train, val, rest)]
+  assert set.union(*parts) == set(range(120)) and sum(map(len, parts)) == 120
+  again, *_ = tasks.carve_validation(arrays, per_class=10, val_fraction=0.1, seed=42)
   np.testing.assert_array_equal(train["image"], again["image"])
-  other, _ = tasks.carve_validation(arrays, per_class=10, val_fraction=0.1, seed=0)
+  other, *_ = tasks.carve_validation(arrays, per_class=10, val_fraction=0.1, seed=0)
   assert not np.array_equal(train["image"], other["image"])
-  part, _ = tasks.carve_validation(arrays, per_class=0, val_fraction=0.0, seed=42, fraction=0.3)
+  part, *_ = tasks.carve_validation(arrays, per_class=0, val_fraction=0.0, seed=42, fraction=0.3)
   assert np.bincount(part["label"]).tolist() == [9] * 4
   with pytest.raises(jaxlab.UserError, match="per_class=40 but class 0 has only 30"):
     tasks.carve_validation(arrays, per_class=40, val_fraction=0.1, seed=42)

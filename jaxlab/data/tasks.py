@@ -72,18 +72,19 @@ def select_classes(arrays: Arrays, classes: str, label_key: str = "label") -> Ar
 
 
 def carve_validation(arrays: Arrays, per_class: int, val_fraction: float, seed: int,
-                     fraction: float = 1.0) -> Tuple[Arrays, Arrays]:
-  """(train, validation) from one labelled pool, class by class, fixed by `seed`.
+                     fraction: float = 1.0) -> Tuple[Arrays, Arrays, Arrays]:
+  """(train, validation, rest) from one labelled pool, class by class, fixed by `seed`.
 
   Each class keeps the first `per_class` (0 = all) examples of a seeded permutation, or
   with `fraction` < 1 the first max(1, round(fraction * size)); of those,
   max(1, round(val_fraction * kept)) go to validation when val_fraction > 0 (the
-  fine-tuning group protocol: 90/10 with split seed 42).
+  fine-tuning group protocol: 90/10 with split seed 42). `rest` is what was not kept.
   """
   rng = np.random.default_rng(seed)
-  train, val = [], []
+  train, val, rest = [], [], []
   for label in np.unique(arrays["label"]):
     members = rng.permutation(np.flatnonzero(arrays["label"] == label))
+    all_members = members
     if per_class:
       if len(members) < per_class:
         raise UserError(f"data.per_class={per_class} but class {label} has only "
@@ -97,8 +98,9 @@ def carve_validation(arrays: Arrays, per_class: int, val_fraction: float, seed: 
                       f"example ({len(members)} in all)")
     val.append(members[:n_val])
     train.append(members[n_val:])
-  pick = lambda idx: {k: v[np.sort(np.concatenate(idx))] for k, v in arrays.items()}
-  return pick(train), pick(val)
+    rest.append(all_members[len(members):])
+  pick = lambda idx: {k: v[np.sort(np.concatenate(idx)).astype(int)] for k, v in arrays.items()}
+  return pick(train), pick(val), pick(rest)
 
 
 def load_arrays(data, split: str) -> Arrays:
@@ -133,7 +135,7 @@ class SupervisedTask:
 
   Config fields read: data.{name, data_dir, download, train_split, image_key,
   label_key, image_size, grayscale, classes, per_class, train_fraction, val_fraction,
-  split_seed},
+  split_seed, rest_as_test},
   train.{batch_size,
   eval_batch_size}, aug.{crop_padding, flip}.
   """
@@ -149,8 +151,8 @@ class SupervisedTask:
     self.eval_batch_size = num_devices * math.ceil(config.train.eval_batch_size / num_devices)
     self.crop_padding = config.aug.crop_padding
     self.flip = config.aug.flip
-    self._cache: Dict[str, Arrays] = {}
-    train = self.split_arrays(data.train_split)
+    self._cache: Dict = {}
+    train = self.train_arrays()
     labels = train["label"]
     lo, hi = parse_classes(data.classes)
     num_classes = (hi - lo + 1 if data.classes else
@@ -160,26 +162,37 @@ class SupervisedTask:
     self.spec = Spec(input_shape=tuple(train["image"].shape[1:]), num_classes=num_classes)
 
   def split_arrays(self, split: str) -> Arrays:
-    """`image` (uint8 NHWC) and `label` (int32) of a split, cached on the host.
+    """`image` (uint8 NHWC) and `label` (int32) of an evaluation split, cached on the host.
 
-    With `data.per_class` or `data.val_fraction` set, the train split is subsampled and
-    `validation` is carved out of it (`carve_validation`), replacing any split of that name.
+    With `data.per_class`, `data.train_fraction` or `data.val_fraction` set, the training
+    pool (`data.train_split`) is subsampled and `validation` is carved out of it
+    (`carve_validation`), replacing any split of that name; with `data.rest_as_test`, the
+    pool's examples not kept become the `test` split.
     """
-    data = self._data
-    fraction = data.get("train_fraction", 1.0)
-    carved = data.get("per_class", 0) or data.get("val_fraction", 0.0) or fraction < 1.0
-    if carved and split in (data.train_split, "validation") and split not in self._cache:
-      pool = load_arrays(data, data.train_split)
-      self._cache[data.train_split], self._cache["validation"] = carve_validation(
-          pool, data.get("per_class", 0), data.get("val_fraction", 0.0), data.split_seed,
-          fraction)
+    carved = self._carved()
+    if split in carved and split != "train":
+      return carved[split]
     if split not in self._cache:
       self._cache[split] = load_arrays(self._data, split)
     return self._cache[split]
 
+  def _carved(self) -> Dict[str, Arrays]:
+    """{"train", "validation"[, "test"]} carved from the pool, or {} when nothing is carved."""
+    data = self._data
+    fraction = data.get("train_fraction", 1.0)
+    if not (data.get("per_class", 0) or data.get("val_fraction", 0.0) or fraction < 1.0):
+      return {}
+    if "carved" not in self._cache:
+      train, val, rest = carve_validation(
+          load_arrays(data, data.train_split), data.get("per_class", 0),
+          data.get("val_fraction", 0.0), data.split_seed, fraction)
+      self._cache["carved"] = {"train": train, "validation": val,
+                               **({"test": rest} if data.get("rest_as_test", False) else {})}
+    return self._cache["carved"]
+
   # -- training ---------------------------------------------------------------
   def train_arrays(self) -> Arrays:
-    return self.split_arrays(self._data.train_split)
+    return self._carved().get("train") or self.split_arrays(self._data.train_split)
 
   def train_batch(self, data: Arrays, key: jax.Array, step: jax.Array):
     index_key, augment_key = jax.random.split(key)
