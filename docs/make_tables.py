@@ -32,11 +32,12 @@ FINETUNE_ARMS = ["finetune", "l2sp", "randreg_uniform", "randreg_normal", "randr
                  "adarand"]
 FINETUNE_N = ["n5", "n10", "n20", "n50"]
 
-# Columns computed from a run's other test metrics (before scaling): NRR, the harmonic mean
-# of clean and AA-lite accuracy (robustness_tta_merging.md §0.3).
+# Columns computed from a run's other test metrics (before scaling), for the runs that have
+# them: name -> (metrics needed, function of them). NRR is the harmonic mean of clean and
+# AA-lite accuracy (robustness_tta_merging.md §0.3).
 DERIVED = {
-    "nrr": lambda r: 2 * r["accuracy"] * r["robust_accuracy/aa_lite"] / max(
-        r["accuracy"] + r["robust_accuracy/aa_lite"], 1e-12),
+    "nrr": (("accuracy", "robust_accuracy/aa_lite"),
+            lambda sa, ra: 2 * sa * ra / max(sa + ra, 1e-12)),
 }
 
 TABLES = {
@@ -98,11 +99,9 @@ def collect(runs: str, table: str):
     if metric is None:
       test = {k[len("test/"):]: v for k, v in results.items()
               if k.startswith("test/") and not k.endswith("_ci95")}
-      for name, derive in DERIVED.items():
-        try:
-          test[name] = derive(test)
-        except KeyError:
-          pass
+      for name, (needs, derive) in DERIVED.items():
+        if all(k in test for k in needs):
+          test[name] = derive(*(test[k] for k in needs))
       for key, value in test.items():
         cells.setdefault((row, key), []).append(scale * value)
     elif metric.endswith("/*"):

@@ -69,7 +69,7 @@ def test_reference_vectors_carry_no_gradient_to_the_prior():
 
   def classifier_loss(prior_mean):
     z = core.reference_vectors(state.replace(prior_mean=prior_mean), batch["label"],
-                               prior_mean.shape[-1], jax.random.key(2), config)
+                               jax.random.key(2), config)
     features = model.apply({"params": state.params}, batch["image"], return_features=True)
     return jnp.mean((features - z) ** 2)
 

@@ -78,10 +78,8 @@ def _prior_optimizer(config) -> optax.GradientTransformation:
 
 def feature_dim(config, spec: tasks.Spec) -> int:
   model = models.build(config.model, spec.num_classes)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + spec.input_shape),
-                                             return_features=True))
-  features = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1,) + spec.input_shape),
-                                                  return_features=True), shapes)
+  features, _ = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((1,) + spec.input_shape), return_features=True))
   return features.shape[-1]
 
 
@@ -118,17 +116,15 @@ def pretrained_statistics(model, variables, images: jax.Array, labels: jax.Array
           "class_std": jnp.sqrt(jnp.maximum(class_var, 0.0))}
 
 
-def start_from(state: FinetuneState, variables, train_data, *, config, spec) -> FinetuneState:
-  """Pretrained body (the head keeps its fresh init via init_skip), L2-SP anchor, priors."""
-  model_state = {k: v for k, v in variables.items() if k != "params"}
-  params = variables["params"]
-  state = state.replace(params=params, model_state=model_state,
-                        source_params={n: v for n, v in params.items() if n != "head"})
+def start_from(state: FinetuneState, train_data, *, config, spec) -> FinetuneState:
+  """With the pretrained body in place (the head keeps its fresh init via init_skip): the
+  L2-SP anchor and the priors' statistics."""
+  state = state.replace(source_params={n: v for n, v in state.params.items() if n != "head"})
   if not _needs_statistics(config):
     return state
   model = models.build(config.model, spec.num_classes)
-  stats = pretrained_statistics(model, variables, train_data["image"], train_data["label"],
-                                spec.num_classes)
+  stats = pretrained_statistics(model, {"params": state.params, **state.model_state},
+                                train_data["image"], train_data["label"], spec.num_classes)
   if regulariser(config) == "adarand":
     mean, std = stats["class_mean"], stats["class_std"]
   else:
@@ -137,10 +133,10 @@ def start_from(state: FinetuneState, variables, train_data, *, config, spec) -> 
                        prior_opt_state=_prior_optimizer(config).init(mean))
 
 
-def reference_vectors(state: FinetuneState, labels: jax.Array, d: int, rng: jax.Array,
+def reference_vectors(state: FinetuneState, labels: jax.Array, rng: jax.Array,
                       config) -> jax.Array:
   """Z [B, d], one draw per example from the regulariser's prior (no gradient)."""
-  shape = (labels.shape[0], d)
+  shape = (labels.shape[0], state.prior_mean.shape[-1])
   f = config.finetune
   if regulariser(config) == "adarand":
     z = state.prior_mean[labels] + state.prior_std[labels] * jax.random.normal(rng, shape)
@@ -203,8 +199,7 @@ def train_step(state: FinetuneState, batch, rng: jax.Array, *, config, spec: tas
   prior_rng, dropout_rng = jax.random.split(rng)
   x, y = batch["image"], batch["label"]
   model = models.build(config.model, spec.num_classes)
-  d = state.prior_mean.shape[-1]
-  z = reference_vectors(state, y, d, prior_rng, config)
+  z = reference_vectors(state, y, prior_rng, config)
 
   def loss_fn(params):
     logits, features, model_state = models.logits_and_features(

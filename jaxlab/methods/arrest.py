@@ -64,13 +64,10 @@ def init(config, rng: jax.Array, spec: tasks.Spec) -> ArrestState:
                      teacher_model_state=state.model_state)
 
 
-def start_from(state: ArrestState, variables, train_data=None, *, config=None,
-               spec=None) -> ArrestState:
-  """The pretrained weights become both the starting point and the frozen teacher."""
+def start_from(state: ArrestState, train_data, *, config, spec) -> ArrestState:
+  """The pretrained weights, already the starting point, become the frozen teacher too."""
   del train_data, config, spec
-  model_state = {k: v for k, v in variables.items() if k != "params"}
-  return state.replace(params=variables["params"], model_state=model_state,
-                       teacher_params=variables["params"], teacher_model_state=model_state)
+  return state.replace(teacher_params=state.params, teacher_model_state=state.model_state)
 
 
 def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:

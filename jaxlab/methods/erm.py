@@ -55,18 +55,17 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.
 def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
   model = models.build(config.model, spec.num_classes)
   variables = {"params": state.params, **state.model_state}
-  logits = model.apply(variables, batch["image"], train=False)
-  metrics = {"accuracy": losses.correct(logits, batch["label"]),
-             "loss": losses.cross_entropy(logits, batch["label"])}
+  logits_fn = lambda x: model.apply(variables, x, train=False)
+  x, y = batch["image"], batch["label"]
+  logits = logits_fn(x)
+  metrics = {"accuracy": losses.correct(logits, y), "loss": losses.cross_entropy(logits, y)}
   if "adv" in config and config.adv.eval_attacks:  # robustness presets (configs/robust.py)
     # the attacks may see the logits times adv.logit_scale (> 0: same predictions), the
     # gradient-masking check of §3(g)
     scale = config.adv.get("logit_scale", 1.0)
-    metrics.update(robust.robust_accuracy(
-        lambda x: scale * model.apply(variables, x, train=False), batch["image"],
-        batch["label"], config.adv, jax.random.key(config.seed + 1)))
+    metrics.update(robust.robust_accuracy(lambda z: scale * logits_fn(z), x, y, config.adv,
+                                          jax.random.key(config.seed + 1)))
   if "adv" in config and config.adv.get("margin_bins"):
-    metrics.update(robust.adversarial_margin_histogram(
-        lambda x: model.apply(variables, x, train=False), batch["image"], batch["label"],
-        config.adv, jax.random.key(config.seed + 2)))
+    metrics.update(robust.adversarial_margin_histogram(logits_fn, x, y, config.adv,
+                                                       jax.random.key(config.seed + 2)))
   return metrics

@@ -6,8 +6,9 @@ What it does, in order:
      user can get wrong before writing to `workdir`;
   3. restores the newest readable checkpoint, or initialises the state
      replicated on the mesh (from the weights of `config.init_from` when set: another
-     run's workdir or an .npz, less the `init_skip` prefixes; methods with more state
-     define `start_from(state, variables, train_data, *, config, spec)`);
+     run's workdir or an .npz, less the `init_skip` prefixes; a method whose state holds
+     more, e.g. a frozen teacher, fills it in `start_from(state, train_data, *, config,
+     spec)`, called with the pretrained weights already in place);
   4. runs the jitted step: the task draws the batch on device from
      `fold_in(data_key, step)`, the batch is sharded on `data`, the method
      updates the state with `fold_in(step_key, step)`; so a resumed run
@@ -84,19 +85,13 @@ def _check_finite(pending, first_step: int, checkpoints: Checkpointer) -> Dict[s
   return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
-def _start_from(state, variables, train_data, *, config, spec):
-  """A fresh state with the pretrained variables in place of the initial ones (the
-  optimizer state of SGD/Adam does not depend on the parameter values)."""
-  del train_data, config, spec
-  return state.replace(params=variables["params"],
-                       model_state={k: v for k, v in variables.items() if k != "params"})
-
-
 def _with_pretrained(state, loaded):
-  """The state's variables with every loaded leaf in place (skipped ones keep their init)."""
+  """The state with every loaded variable in place of its initial value (skipped ones keep
+  their init; the optimizer state of SGD/Adam does not depend on the parameter values)."""
   flat = traverse_util.flatten_dict({"params": state.params, **state.model_state}, sep="/")
   flat.update(traverse_util.flatten_dict(loaded, sep="/"))
-  return traverse_util.unflatten_dict(flat, sep="/")
+  variables = traverse_util.unflatten_dict(flat, sep="/")
+  return state.replace(params=variables.pop("params"), model_state=variables)
 
 
 class _Selection:
@@ -156,6 +151,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   state_sharding = jax.tree.map(lambda _: repl, abstract)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
                           abstract)
+  select_by = config.train.get("select_by", "")
+  if select_by and select_by.split("/", 1)[0] not in eval_splits:
+    raise UserError(f"train.select_by={select_by!r} names a split that is not evaluated; "
+                    f"data.eval_splits: {', '.join(eval_splits)}")
   pretrained = None
   if config.get("init_from"):  # read (and checked) before anything is written
     pretrained = load_pretrained(config.init_from,
@@ -173,9 +172,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   if restored is None:
     state, start = jax.jit(init, out_shardings=state_sharding)(init_key), 0
     if pretrained is not None:
-      start_from = functools.partial(getattr(method, "start_from", _start_from), config=config,
-                                     spec=spec)
-      state = jax.jit(lambda s, p, d: start_from(s, _with_pretrained(s, p), d),
+      extra = getattr(method, "start_from", lambda s, d, **_: s)
+      state = jax.jit(lambda s, p, d: extra(_with_pretrained(s, p), d, config=config, spec=spec),
                       out_shardings=state_sharding)(state, pretrained, train_data)
   else:
     state, start = restored
@@ -213,10 +211,6 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
       results.update({f"{split}/{k}": v for k, v in summarize(outputs, masks).items()})
     return results
 
-  select_by = config.train.get("select_by", "")
-  if select_by and select_by.split("/", 1)[0] not in eval_splits:
-    raise UserError(f"train.select_by={select_by!r} names a split that is not evaluated; "
-                    f"data.eval_splits: {', '.join(eval_splits)}")
   selection = _Selection(workdir, select_by, start if restored else 0, lead)
 
   total = config.train.steps
