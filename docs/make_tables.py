@@ -32,6 +32,9 @@ FINETUNE_ARMS = ["finetune", "l2sp", "randreg_uniform", "randreg_normal", "randr
                  "adarand"]
 FINETUNE_N = ["n5", "n10", "n20", "n50"]
 
+MGR_ARMS = ["erm", "gda", "pcr", "mgr"]
+MGR_FRACTIONS = ["f0.05", "f0.1", "f0.25", "f1.0"]
+
 # Columns computed from a run's other test metrics (before scaling), for the runs that have
 # them: name -> (metrics needed, function of them). NRR is the harmonic mean of clean and
 # AA-lite accuracy (robustness_tta_merging.md §0.3).
@@ -84,6 +87,15 @@ TABLES = {
                              ["n5"], ("finetune_glyphs", "*")),
     "finetune_glyphs_entropy": ("finetune.md", "selected/test/feature_entropy", 1.0,
                                 FINETUNE_ARMS, ["n5"], ("finetune_glyphs", "*")),
+    "mgr_generator": ("mgr.md", "quality/*", 1.0,
+                      ["frechet_distance", "sample_accuracy", "real_accuracy"],
+                      ["steps300", "steps3000"], ("mgr_generator", "cgan")),
+    "mgr_digits": ("mgr.md", "selected/test/accuracy", 100.0, MGR_ARMS, MGR_FRACTIONS),
+    "mgr_digits_final": ("mgr.md", "test/accuracy", 100.0, MGR_ARMS, MGR_FRACTIONS,
+                         ("mgr_digits", "*")),
+    "mgr_digits_train": ("mgr.md", "train/*", 1.0,
+                         ["reg", "meta/lookahead_loss", "meta/gain", "meta/grad_norm",
+                          "meta/latent_shift"], MGR_FRACTIONS, ("mgr_digits", "mgr")),
 }
 
 

@@ -32,9 +32,38 @@ def random_flip(images: jax.Array, key: jax.Array) -> jax.Array:
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
+def rotate(images: jax.Array, angles: jax.Array) -> jax.Array:
+  """Rotates image i about its centre by angles[i] radians (positive: clockwise as displayed,
+  row 0 on top), bilinear, zeros outside; differentiable in the pixel values."""
+  _, h, w, _ = images.shape
+  rows, cols = jnp.meshgrid(jnp.arange(h) - (h - 1) / 2, jnp.arange(w) - (w - 1) / 2,
+                            indexing="ij")
+
+  def one(image, angle):
+    cos, sin = jnp.cos(angle), jnp.sin(angle)  # where each output pixel samples the input
+    src_rows = cos * rows - sin * cols + (h - 1) / 2
+    src_cols = sin * rows + cos * cols + (w - 1) / 2
+    channel = lambda c: jax.scipy.ndimage.map_coordinates(c, [src_rows, src_cols], order=1,
+                                                          mode="constant", cval=0.0)
+    return jax.vmap(channel, in_axes=-1, out_axes=-1)(image)
+
+  return jax.vmap(one)(images, angles)
+
+
+def random_rotate(images: jax.Array, key: jax.Array, max_degrees: float) -> jax.Array:
+  """`rotate` by angles ~ U(-max_degrees, max_degrees) per image (generated images pass
+  through it inside PCR, so it stays differentiable)."""
+  if max_degrees <= 0:
+    return images
+  angles = jax.random.uniform(key, (images.shape[0],), minval=-max_degrees, maxval=max_degrees)
+  return rotate(images, jnp.deg2rad(angles))
+
+
 def augment(images: jax.Array, key: jax.Array, *, crop_padding: int = 0,
-            flip: bool = False) -> jax.Array:
+            flip: bool = False, rotation: float = 0.0) -> jax.Array:
+  """Random shift (zero-pad + crop), left-right flip and rotation (degrees), each optional."""
   crop_key, flip_key = jax.random.split(key)
+  images = random_rotate(images, jax.random.fold_in(key, 2), rotation)
   images = random_crop(images, crop_key, crop_padding)
   if flip:
     images = random_flip(images, flip_key)

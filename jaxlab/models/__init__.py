@@ -11,9 +11,10 @@ import ml_collections
 
 from jaxlab.errors import UserError, unknown
 from jaxlab.models.layers import INITS, NORMS, BatchStatNorm, Conv, Dense, kernel_init
-from jaxlab.models.nets import MLP, Conv4, Conv6, ResNet12, ResNet18, ResNet50, WideResNet
+from jaxlab.models.nets import (MLP, Conv4, Conv6, ConvNet, ResNet12, ResNet18, ResNet50,
+                                WideResNet)
 
-MODELS: Dict[str, Type[nn.Module]] = {"mlp": MLP, "conv4": Conv4, "conv6": Conv6,
+MODELS: Dict[str, Type[nn.Module]] = {"mlp": MLP, "cnn": ConvNet, "conv4": Conv4, "conv6": Conv6,
                                       "resnet12": ResNet12, "resnet18": ResNet18,
                                       "resnet50": ResNet50,
                                       "wide_resnet": WideResNet}
@@ -28,7 +29,7 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
     raise unknown("initialiser (model.weight_init)", kwargs["weight_init"], INITS)
   if kwargs.get("norm", "none") not in NORMS:
     raise unknown("norm (model.norm)", kwargs["norm"], NORMS)
-  for key in ("hidden", "mean", "std"):
+  for key in ("hidden", "channels", "mean", "std"):
     if key in kwargs:
       kwargs[key] = tuple(kwargs[key])
   cls = MODELS[name]
@@ -40,9 +41,9 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   return cls(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build", "logits_and_features", "MLP", "Conv4", "Conv6", "ResNet12",
-           "ResNet18", "ResNet50", "WideResNet", "Dense", "Conv", "BatchStatNorm", "kernel_init", "INITS",
-           "NORMS"]
+__all__ = ["MODELS", "build", "logits_and_features", "MLP", "ConvNet", "Conv4", "Conv6",
+           "ResNet12", "ResNet18", "ResNet50", "WideResNet", "Dense", "Conv", "BatchStatNorm",
+           "kernel_init", "INITS", "NORMS"]
 
 
 def logits_and_features(model: nn.Module, variables, x, *, train: bool, mutable=(), rngs=None):

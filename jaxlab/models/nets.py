@@ -273,3 +273,27 @@ class WideResNet(nn.Module):
         x = WideBlock(16 * self.widen * 2**stage, strides, self.norm, self.weight_init)(x, train)
     x = nn.relu(make_norm(self.norm, train)(x)).mean((1, 2))
     return features_or_logits(self, x, return_features, weight_init="torch")
+
+
+class ConvNet(nn.Module):
+  """A small CNN: per entry of `channels`, [3x3 conv pad 1 -> norm -> ReLU -> 2x2 max-pool]
+  (the pool skipped once the map is 1 pixel), then the global average as features
+  (d = channels[-1]) and a linear head. Default: the 2-conv CNN (d = 64) of the MGR
+  small-scale reproduction (shared/methods/generative_and_finetuning.md §2(g))."""
+  num_classes: int
+  channels: Sequence[int] = (32, 64)
+  norm: str = "none"
+  weight_init: str = "flax"
+  mean: Tuple[float, ...] = ()
+  std: Tuple[float, ...] = ()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, return_features: bool = False):
+    x = _normalise(x, self.mean, self.std)
+    for channels in self.channels:
+      x = Conv(channels, 3, padding=1, weight_init=self.weight_init)(x)
+      x = nn.relu(make_norm(self.norm, train)(x))
+      if min(x.shape[1:3]) >= 2:
+        x = max_pool_2x2(x)
+    return features_or_logits(self, x.mean((1, 2)), return_features,
+                              weight_init=self.weight_init)

@@ -82,7 +82,7 @@ class Checkpointer:
     self._manager.close()
 
 
-def _checkpoint_item(path: str) -> str:
+def _checkpoint_item(path: str, field: str = "init_from") -> str:
   """The Orbax item directory of the newest step under a workdir, checkpoints dir or step."""
   for candidate in (os.path.join(path, "checkpoints"), path):
     steps = [d for d in os.listdir(candidate) if d.isdigit()] if os.path.isdir(candidate) else []
@@ -90,11 +90,12 @@ def _checkpoint_item(path: str) -> str:
       return os.path.join(candidate, max(steps, key=int), "default")
   if os.path.isdir(os.path.join(path, "default")):
     return os.path.join(path, "default")
-  raise UserError(f"init_from={path!r} holds no jaxlab checkpoint; valid: a run's workdir, "
+  raise UserError(f"{field}={path!r} holds no jaxlab checkpoint; valid: a run's workdir, "
                   "its checkpoints/ directory, one checkpoints/<step>, or an .npz file")
 
 
-def load_pretrained(path: str, like: Dict[str, Any], skip: str = "") -> Dict[str, Any]:
+def load_pretrained(path: str, like: Dict[str, Any], skip: str = "",
+                    field: str = "init_from") -> Dict[str, Any]:
   """Host arrays shaped like `like` ({"params": ..., "batch_stats": ...}) read from `path`.
 
   `path` is a jaxlab workdir (its newest checkpoint's `params` and `model_state`), a
@@ -102,30 +103,31 @@ def load_pretrained(path: str, like: Dict[str, Any], skip: str = "") -> Dict[str
   variable of `like` must be present with the same shape; extra arrays are an error too, so
   a checkpoint of a different architecture is never half-loaded. `skip` is a comma-separated
   list of path prefixes ("params/head") that are neither required nor returned: they keep
-  their fresh initialisation (a new head for another label set).
+  their fresh initialisation (a new head for another label set). `field` names the config
+  field the path came from, in error messages.
   """
   prefixes = tuple(p.strip() for p in skip.split(",") if p.strip())
   skipped = lambda key: any(key == p or key.startswith(p.rstrip("/") + "/") for p in prefixes)
   if not os.path.exists(path):
-    raise UserError(f"init_from={path!r} does not exist; give a run's workdir or an .npz file")
+    raise UserError(f"{field}={path!r} does not exist; give a run's workdir or an .npz file")
   if path.endswith(".npz"):
     with np.load(path) as archive:
       flat = {k: archive[k] for k in archive.files}
   else:
-    restored = ocp.StandardCheckpointer().restore(_checkpoint_item(path))
+    restored = ocp.StandardCheckpointer().restore(_checkpoint_item(path, field))
     if not isinstance(restored, dict) or "params" not in restored:
-      raise UserError(f"init_from={path!r}: the checkpoint has no 'params'")
+      raise UserError(f"{field}={path!r}: the checkpoint has no 'params'")
     tree = {"params": restored["params"], **(restored.get("model_state") or {})}
     flat = traverse_util.flatten_dict(tree, sep="/")
   wanted = {k: v for k, v in traverse_util.flatten_dict(like, sep="/").items() if not skipped(k)}
   flat = {k: v for k, v in flat.items() if not skipped(k)}
   missing, extra = sorted(set(wanted) - set(flat)), sorted(set(flat) - set(wanted))
   if missing or extra:
-    raise UserError(f"init_from={path!r} does not fit the model: missing {missing[:3]}, "
+    raise UserError(f"{field}={path!r} does not fit the model: missing {missing[:3]}, "
                     f"unexpected {extra[:3]} ({len(missing)} missing, {len(extra)} unexpected)")
   for key, target in wanted.items():
     if tuple(flat[key].shape) != tuple(target.shape):
-      raise UserError(f"init_from={path!r}: {key} has shape {tuple(flat[key].shape)}, the "
+      raise UserError(f"{field}={path!r}: {key} has shape {tuple(flat[key].shape)}, the "
                       f"model needs {tuple(target.shape)}")
   return traverse_util.unflatten_dict(
       {k: np.asarray(flat[k], wanted[k].dtype) for k in wanted}, sep="/")

@@ -8,7 +8,8 @@ What it does, in order:
      replicated on the mesh (from the weights of `config.init_from` when set: another
      run's workdir or an .npz, less the `init_skip` prefixes; a method whose state holds
      more, e.g. a frozen teacher, fills it in `start_from(state, train_data, *, config,
-     spec)`, called with the pretrained weights already in place);
+     spec, frozen)`, called with the pretrained weights already in place and with the
+     task's `frozen_variables()`, weights read from elsewhere such as MGR's generator);
   4. runs the jitted step: the task draws the batch on device from
      `fold_in(data_key, step)`, the batch is sharded on `data`, the method
      updates the state with `fold_in(step_key, step)`; so a resumed run
@@ -20,7 +21,8 @@ What it does, in order:
      checkpoints every `checkpoint_every` steps and at the end, and writes `results.json`
      from the final evaluation
      (plus `train/<metric>` of the final step, and with `train.select_by` the evaluation
-     with the lowest validation metric as `selected/*`).
+     with the lowest validation metric as `selected/*`, and what the method's optional
+     `report(state, task, workdir, ...)` returns, e.g. a generator's quality score).
 
 Outputs in `workdir`: `config.json`, `metrics.jsonl`, `results.json`, `selection.json`,
 `checkpoints/<step>/`, and `tensorboard/` when tensorboardX is installed.
@@ -160,6 +162,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     pretrained = load_pretrained(config.init_from,
                                  {"params": abstract.params, **abstract.model_state},
                                  skip=config.get("init_skip", ""))
+  # frozen weights the method reads from elsewhere (e.g. MGR's generator), also checked now
+  frozen = getattr(task, "frozen_variables", lambda: None)()
 
   os.makedirs(workdir, exist_ok=True)
   if lead:
@@ -171,10 +175,11 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   restored = checkpoints.restore_latest(abstract)
   if restored is None:
     state, start = jax.jit(init, out_shardings=state_sharding)(init_key), 0
-    if pretrained is not None:
+    if pretrained is not None or frozen is not None:
       extra = getattr(method, "start_from", lambda s, d, **_: s)
-      state = jax.jit(lambda s, p, d: extra(_with_pretrained(s, p), d, config=config, spec=spec),
-                      out_shardings=state_sharding)(state, pretrained, train_data)
+      place = lambda s, p: s if p is None else _with_pretrained(s, p)
+      begin = lambda s, p, f, d: extra(place(s, p), d, config=config, spec=spec, frozen=f)
+      state = jax.jit(begin, out_shardings=state_sharding)(state, pretrained, frozen, train_data)
   else:
     state, start = restored
     log(f"jaxlab: resuming from the checkpoint at step {start} in {checkpoints.directory}")
@@ -254,6 +259,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     for split in eval_splits:
       writer.write(results["step"], split, {k.split("/", 1)[1]: v for k, v in results.items()
                                             if k.startswith(split + "/")})
+    if hasattr(method, "report"):  # whole-run outputs (e.g. a generator's samples and score)
+      results.update(method.report(state, task, workdir, config=config, spec=spec,
+                                   write_files=lead))
   finally:
     checkpoints.close()
     writer.close()

@@ -1,0 +1,64 @@
+"""Class-conditional GAN presets (`cgan`): the frozen generators of GDA / PCR / MGR
+(shared/methods/generative_and_finetuning.md §0.4, §2).
+
+  python -m jaxlab.main --config=configs/erm.py:digits --workdir=runs/digits_classifier
+  python -m jaxlab.main --config=configs/cgan.py:digits \
+      --config.gan.score_classifier=runs/digits_classifier --workdir=runs/cgan_digits
+
+Hinge loss, spectrally normalised projection discriminator, conditional-BatchNorm generator;
+Adam 2e-4 with b1 = 0, b2 = 0.9 for both networks (the SNGAN/BigGAN setting), one
+discriminator step per generator step, batch 64. The quality score (`quality/*` in
+results.json) needs `gan.score_classifier`, a classifier run on the same data.
+
+Presets (`:name[,steps=N]`):
+  digits           §2(g): latent d_w = 8, width 64, on the full digits training split (1,438
+                   images); `steps` (default 3,000) sets how well it fits: MGR's
+                   reproduction uses a deliberately weak one (steps=300).
+  glyphs_color32   glyphs/color32 (32x32x3, 2,359 classes), latent 64, width 128.
+  cifar10, cifar100
+                   TFDS (prepare them first), latent 128, width 128.
+"""
+
+import ml_collections
+
+from jaxlab.config import base_config, presets
+
+
+def _gan(c, latent_dim, width, steps):
+  c.method = "cgan"
+  c.generator = ml_collections.ConfigDict(dict(latent_dim=latent_dim, width=width,
+                                               discriminator_width=width))
+  c.optimizer.update(dict(name="adam", learning_rate=2e-4, b1=0.0, b2=0.9, eps=1e-8))
+  c.gan = ml_collections.ConfigDict(dict(
+      disc_steps=1, score_classifier="", score_split="test",
+      disc_optimizer=ml_collections.ConfigDict(dict(c.optimizer))))
+  c.train.update(dict(steps=steps, batch_size=64, eval_every=0, checkpoint_every=steps,
+                      log_every=max(1, steps // 10)))
+  return c
+
+
+def digits(steps=3000):
+  c = base_config()
+  c.data.name = "digits"
+  return _gan(c, latent_dim=8, width=64, steps=steps)
+
+
+def glyphs_color32(steps=20000):
+  c = base_config()
+  c.data.name = "glyphs/color32"
+  return _gan(c, latent_dim=64, width=128, steps=steps)
+
+
+def _tfds(name, steps):
+  c = base_config()
+  c.data.name = name
+  return _gan(c, latent_dim=128, width=128, steps=steps)
+
+
+PRESETS = {"digits": digits, "glyphs_color32": glyphs_color32,
+           "cifar10": lambda steps=50000: _tfds("cifar10", steps),
+           "cifar100": lambda steps=50000: _tfds("cifar100", steps)}
+
+
+def get_config(arg=None):
+  return presets(arg, PRESETS, "digits", "configs/cgan.py")

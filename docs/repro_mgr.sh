@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# GDA / PCR / MGR against Base on the embedded digits (shared/methods/generative_and_finetuning.md
+# §2(g)): a score classifier and a deliberately weak conditional GAN (300 steps) on the full
+# digits training split, then per seed and training fraction the four arms on the 2-conv CNN,
+# 1,500 steps (the preset's 3,000 halved for CPU time), test accuracy at the lowest
+# validation loss. Writes RUNS/mgr_digits/<arm>/f<fraction>/seed<k>/results.json and
+# RUNS/mgr_generator/cgan/steps<N>/seed0/results.json; then docs/make_tables.py.
+#   RUNS=runs JOBS=2 bash docs/repro_mgr.sh        (JOBS runs at a time; SEEDS="0 1" for fewer)
+SEEDS=${SEEDS:-"0 1 2 3 4 5 6 7 8 9"}
+source "$(dirname "$0")/repro_common.sh"
+run "$RUNS/mgr_classifier" --config=configs/erm.py:digits
+generator="$RUNS/mgr_generator/cgan/steps300/seed0"
+for steps in 300 3000; do  # the weak generator the arms use, and a well-fitted one to compare
+  run "$RUNS/mgr_generator/cgan/steps$steps/seed0" --config=configs/cgan.py:digits,steps=$steps \
+    --config.gan.score_classifier="$RUNS/mgr_classifier"
+done
+for seed in $SEEDS; do
+  for fraction in 0.05 0.1 0.25 1.0; do
+    for arm in erm gda pcr mgr; do
+      while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done
+      run "$RUNS/mgr_digits/$arm/f$fraction/seed$seed" \
+        --config=configs/mgr.py:digits,method=$arm,fraction=$fraction,steps=1500 \
+        --config.seed=$seed --config.generative.generator="$generator" &
+    done
+  done
+done
+wait

@@ -1,0 +1,83 @@
+"""Sample quality of a conditional generator, measured with a classifier trained in jaxlab.
+
+Inception weights are not available offline, so the Frechet distance is taken in the
+penultimate feature space of a jaxlab classifier (a run's workdir, e.g. `configs/erm.py:digits`
+on the same data): FD = ||mu_r - mu_g||^2 + tr(S_r + S_g - 2 (S_r S_g)^(1/2)) between the
+Gaussians fitted to the features of real and generated images (the FID formula, Heusel et al.
+2017, arXiv 1706.08500, with another feature extractor; FID values do not transfer). The same
+classifier's accuracy on class-conditional samples (does it see the class asked for?) is
+reported beside it, with its accuracy on the real images for reference.
+"""
+
+import json
+import math
+import os
+from typing import Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxlab import models
+from jaxlab.errors import UserError
+from jaxlab.train.checkpoint import load_pretrained
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+  """Frechet distance between Gaussians fitted to two [N, d] feature sets (float64)."""
+  a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+  mean_a, mean_b = a.mean(0), b.mean(0)
+  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  # tr (S_a S_b)^(1/2) = sum sqrt(eig(S_a^(1/2) S_b S_a^(1/2))), all symmetric PSD
+  values, vectors = np.linalg.eigh(cov_a)
+  root_a = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+  cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0.0, None)).sum()
+  return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+
+
+def load_classifier(workdir: str, input_shape: Tuple[int, ...], num_classes: int):
+  """(model, variables) of the jaxlab classifier trained in `workdir` (its config.json and
+  newest checkpoint)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"gan.score_classifier={workdir!r} is not a jaxlab run (no config.json); "
+                    "give the workdir of a classifier trained on the same data, e.g. "
+                    "configs/erm.py:digits")
+  with open(path) as f:
+    model = models.build(ml_collections.ConfigDict(json.load(f)["model"]), num_classes)
+  like = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape)))
+  return model, load_pretrained(workdir, dict(like), field="gan.score_classifier")
+
+
+def logits_and_features(model, variables, images: np.ndarray, chunk: int = 500):
+  """Eval-mode logits and penultimate features of float images in [0, 1], in chunks."""
+  run = jax.jit(lambda x: models.logits_and_features(model, variables, x, train=False)[:2])
+  outputs = [jax.device_get(run(images[i:i + chunk])) for i in range(0, len(images), chunk)]
+  return (np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs]))
+
+
+def quality(model, variables, real: np.ndarray, real_labels: np.ndarray,
+            generated: np.ndarray, generated_labels: np.ndarray) -> Dict[str, float]:
+  """frechet_distance (classifier features), sample_accuracy (the classifier predicts the class
+  the sample was conditioned on), real_accuracy (the same classifier on the real images)."""
+  real_logits, real_features = logits_and_features(model, variables, real)
+  fake_logits, fake_features = logits_and_features(model, variables, generated)
+  return {"frechet_distance": frechet_distance(real_features, fake_features),
+          "sample_accuracy": float(np.mean(fake_logits.argmax(-1) == generated_labels)),
+          "real_accuracy": float(np.mean(real_logits.argmax(-1) == real_labels))}
+
+
+def save_image_grid(path: str, images: np.ndarray, columns: int) -> None:
+  """Writes float images [N, H, W, C] in [0, 1] as one PNG, `columns` per row, 1-pixel gaps."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  n, h, w, c = images.shape
+  rows = math.ceil(n / columns)
+  grid = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1, c), np.float32)
+  for i, image in enumerate(images):
+    r, col = divmod(i, columns)
+    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = image
+  pixels = np.round(np.clip(grid, 0.0, 1.0) * 255).astype(np.uint8)
+  scale = max(1, 256 // max(grid.shape[:2]))  # make 8x8 digits visible
+  pixels = pixels.repeat(scale, 0).repeat(scale, 1)
+  Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)

@@ -1,0 +1,298 @@
+"""The shared step of `gda`, `pcr` and `mgr`: a classifier regularised with samples of a
+frozen class-conditional generator, optionally with a meta-learned latent sampler.
+
+Spec: shared/methods/generative_and_finetuning.md §2 (MGR, Yamaguchi et al., NeurIPS 2023,
+arXiv 2307.13899) and §0.4. The paper's loss details are not retrieved ([N]); what is here is
+the spec's reconstruction [R], every open choice a `config.generative` flag.
+
+Synthetic samples x_p = G(w, c), c one-hot of a uniform class, with the frozen generator of a
+`cgan` run (`generative.generator`, its workdir) and w = u ~ N(0, I) (`sampler="uniform"`)
+or w = u + F_phi(u) (`sampler="finder"`, MPS: the finder MLP, output layer zero-initialised
+so it starts at uniform sampling; LeakyReLU hidden layers; `finder_class_input` adds c).
+Regulariser (`regulariser`, chosen by the method):
+  gda  CE(f(x_p), c): the synthetic pairs enter the classification loss (naive GDA);
+  pcr  PCR(psi; x_p) = mean_j ||g(T1(x_p,j)) - g(T2(x_p,j))||^2 on the penultimate features g
+       (the head gets no gradient from it), T = random shift (`pcr_shift` pixels) + rotation
+       (`pcr_rotation` degrees) [+ flip]; flags: `pcr_views` two_augmented | clean_augmented
+       (T1 = identity), `pcr_stop_gradient` (sg on the second branch, SimSiam-style),
+       `pcr_reduction` sum (over feature dims, the spec's default) | mean (PyTorch mse_loss).
+Per step:
+  1. (finder only, every `meta_every` steps) the meta step on phi: with
+       L_in(theta; phi) = CE(f_theta(x), y) + lambda R(theta; x_p(phi)),
+       theta'(phi) = theta - eta L_in'(theta; phi)   (plain SGD, eta = the classifier's current
+                                                    learning rate or `lookahead_lr`),
+     phi <- Adam(`finder_lr`) on grad_phi CE(f_theta'(phi)(x_v), y_v), through
+     `jaxlab.meta.lookahead_gradient` (`hvp_mode` exact | finite_difference;
+     `lookahead_exclude` path prefixes kept out of the look-ahead); (x_v, y_v) a batch of the
+     carved validation split (`meta_val="validation"`) or of the training split ("train");
+  2. the classifier step on CE + lambda R(theta; sg(x_p)) with fresh noise (or the meta
+     step's, `reuse_noise`) through the updated finder.
+The generator is never differentiated into: it is outside the optimised parameters and its
+variables pass through the state unchanged (a test checks them bitwise).
+Diagnostics: meta/lookahead_loss, meta/grad_norm, meta/latent_shift (mean ||w - u||) and with
+`log_meta_gain` meta/gain = L_val(theta'(phi_new)) - L_val(theta'(phi_old)) (negative: the
+meta step lowered the look-ahead validation loss).
+"""
+
+from typing import Any, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlab import meta, models
+from jaxlab.data import augment, tasks
+from jaxlab.errors import UserError, unknown
+from jaxlab.methods import cgan, erm
+from jaxlab.models import gan
+from jaxlab.train import losses, optim
+from jaxlab.train.checkpoint import load_pretrained
+from jaxlab.train.state import TrainState
+
+REGULARISER_OF_METHOD = {"gda": "gda", "pcr": "pcr", "mgr": "pcr"}
+SAMPLER_OF_METHOD = {"gda": "uniform", "pcr": "uniform", "mgr": "finder"}
+SAMPLERS = ("uniform", "finder")
+PCR_VIEWS = ("two_augmented", "clean_augmented")
+PCR_REDUCTIONS = ("sum", "mean")
+META_VAL = ("validation", "train")
+
+
+def regulariser(config) -> str:
+  return REGULARISER_OF_METHOD[config.method]
+
+
+def sampler(config) -> str:
+  """`generative.sampler`, or the method's own ('' = uniform for gda/pcr, finder for mgr)."""
+  return config.generative.sampler or SAMPLER_OF_METHOD[config.method]
+
+
+@flax.struct.dataclass
+class GenerativeRegState(TrainState):
+  generator: Any           # frozen {"params", "batch_stats"} of the conditional generator
+  finder_params: Any
+  finder_opt_state: Any
+
+
+class Finder(nn.Module):
+  """w = u + F(u[, c]): an MLP with LeakyReLU hidden layers and a zero-initialised output."""
+  latent_dim: int
+  hidden: Sequence[int] = (32, 32)
+  class_input: bool = False
+
+  @nn.compact
+  def __call__(self, u, c):
+    x = jnp.concatenate([u, c.astype(u.dtype)], -1) if self.class_input else u
+    for width in self.hidden:
+      x = nn.leaky_relu(nn.Dense(width)(x))
+    return u + nn.Dense(self.latent_dim, kernel_init=nn.initializers.zeros)(x)
+
+
+def _finder(config) -> Finder:
+  g = config.generative
+  return Finder(latent_dim=config.generator.latent_dim, hidden=tuple(g.finder_hidden),
+                class_input=g.finder_class_input)
+
+
+def _generator(config, spec: tasks.Spec) -> gan.ConditionalGenerator:
+  return gan.build_generator(config.generator, spec.num_classes, spec.input_shape)
+
+
+class GenerativeTask(tasks.SupervisedTask):
+  """The supervised task plus a batch of the meta step's validation data (`val_image`,
+  `val_label`) and the frozen generator's weights (`frozen_variables`)."""
+
+  def __init__(self, config, num_devices: int = 1):
+    self._config = config
+    super().__init__(config, num_devices)
+
+  def train_arrays(self):
+    train = super().train_arrays()
+    if self._config.generative.meta_val == "train":
+      val = train
+    else:
+      val = self.split_arrays("validation")
+    return {**train, "val_image": val["image"], "val_label": val["label"]}
+
+  def train_batch(self, data, key: jax.Array, step: jax.Array):
+    batch = super().train_batch(data, key, step)
+    indices = tasks.epoch_indices(jax.random.fold_in(key, 1), step, self.batch_size,
+                                  data["val_label"].shape[0])
+    return {**batch, "val_image": augment.to_float(data["val_image"][indices]),
+            "val_label": data["val_label"][indices]}
+
+  def frozen_variables(self):
+    config = self._config
+    generator = _generator(config, self.spec)
+    like = jax.eval_shape(lambda: gan.init_generator(generator, jax.random.key(0)))
+    return load_pretrained(config.generative.generator, like, field="generative.generator")
+
+
+def make_task(config, num_devices: int = 1) -> GenerativeTask:
+  g = config.generative
+  for field, value, choices in (("sampler", sampler(config), SAMPLERS),
+                                ("pcr_views", g.pcr_views, PCR_VIEWS),
+                                ("pcr_reduction", g.pcr_reduction, PCR_REDUCTIONS),
+                                ("meta_val", g.meta_val, META_VAL),
+                                ("hvp_mode", g.hvp_mode, meta.HVP_MODES)):
+    if value not in choices:
+      raise unknown(f"generative.{field}", value, choices)
+  if not g.generator:
+    raise UserError(f"{config.method} needs a frozen conditional generator: set "
+                    "--config.generative.generator to the workdir of a cgan run (e.g. "
+                    "configs/cgan.py:digits)")
+  if g.meta_val == "validation" and sampler(config) == "finder" and not (
+      config.data.val_fraction > 0):
+    raise UserError("the finder's meta step needs a validation split: set "
+                    "data.val_fraction > 0 or generative.meta_val='train'")
+  return GenerativeTask(config, num_devices)
+
+
+def init(config, rng: jax.Array, spec: tasks.Spec) -> GenerativeRegState:
+  state = erm.init(config, rng, spec)
+  generator = gan.init_generator(_generator(config, spec), jax.random.fold_in(rng, 1))
+  latent = jnp.zeros((1, config.generator.latent_dim))
+  finder_params = _finder(config).init(jax.random.fold_in(rng, 2), latent,
+                                       jnp.zeros((1, spec.num_classes)))
+  return GenerativeRegState(
+      step=state.step, params=state.params, model_state=state.model_state,
+      opt_state=state.opt_state, generator=generator, finder_params=finder_params,
+      finder_opt_state=optax.adam(config.generative.finder_lr).init(finder_params))
+
+
+def start_from(state: GenerativeRegState, train_data, *, config, spec,
+               frozen=None) -> GenerativeRegState:
+  """Puts the trained generator (the task's `frozen_variables`) in place."""
+  del train_data, config, spec
+  return state if frozen is None else state.replace(generator=frozen)
+
+
+def synthetic_batch(config, spec: tasks.Spec, generator_variables, finder_params,
+                    rng: jax.Array, n: int):
+  """(x_p [n, H, W, C], labels [n], mean ||w - u||) from the frozen generator."""
+  u, labels, c = cgan.sample_conditions(rng, n, spec.num_classes, config.generator.latent_dim)
+  w = _finder(config).apply(finder_params, u, c) if sampler(config) == "finder" else u
+  images = _generator(config, spec).apply(generator_variables, w, c, train=False)
+  return images, labels, jnp.linalg.norm(w - u, axis=-1).mean()
+
+
+def pcr_loss(features_fn, images: jax.Array, rng: jax.Array, g) -> jax.Array:
+  """Pseudo consistency regularisation between two variations of each synthetic image."""
+  transform = lambda key: augment.augment(images, key, crop_padding=g.pcr_shift,
+                                          flip=g.pcr_flip, rotation=g.pcr_rotation)
+  first = images if g.pcr_views == "clean_augmented" else transform(jax.random.fold_in(rng, 0))
+  second = transform(jax.random.fold_in(rng, 1))
+  features = features_fn(jnp.concatenate([first, second]))
+  a, b = jnp.split(features, 2)
+  if g.pcr_stop_gradient:
+    b = jax.lax.stop_gradient(b)
+  squared = jnp.square(a - b)
+  return squared.mean() if g.pcr_reduction == "mean" else squared.sum(-1).mean()
+
+
+def regularised_loss(config, spec: tasks.Spec, state: GenerativeRegState, params, batch,
+                     synthetic, labels, rng: jax.Array):
+  """(CE(real) + lambda R(synthetic), (ce, reg, logits, updated model_state))."""
+  model = models.build(config.model, spec.num_classes)
+  mutable = list(state.model_state)
+
+  def forward(x):
+    return models.logits_and_features(model, {"params": params, **state.model_state}, x,
+                                      train=True, mutable=mutable, rngs={"dropout": rng})
+
+  logits, _, model_state = forward(batch["image"])
+  ce = losses.cross_entropy(logits, batch["label"], config.train.label_smoothing).mean()
+  if regulariser(config) == "gda":
+    reg = losses.cross_entropy(forward(synthetic)[0], labels).mean()
+  else:
+    reg = pcr_loss(lambda x: forward(x)[1], synthetic, jax.random.fold_in(rng, 1),
+                   config.generative)
+  return ce + config.generative.weight * reg, (ce, reg, logits, model_state)
+
+
+def _lookahead_problem(config, spec, state: GenerativeRegState, batch, rng):
+  """(inner_loss(theta, phi), outer_loss(theta), trainable mask) of the meta step."""
+  g = config.generative
+  model = models.build(config.model, spec.num_classes)
+
+  def inner_loss(params, finder_params):
+    synthetic, labels, _ = synthetic_batch(config, spec, state.generator, finder_params,
+                                           jax.random.fold_in(rng, 0), g.synthetic_batch)
+    return regularised_loss(config, spec, state, params, batch, synthetic, labels,
+                            jax.random.fold_in(rng, 1))[0]
+
+  def outer_loss(params):
+    logits, _ = model.apply({"params": params, **state.model_state}, batch["val_image"],
+                            train=True, mutable=list(state.model_state))
+    return losses.cross_entropy(logits, batch["val_label"]).mean()
+
+  excluded = tuple(p.strip() for p in g.lookahead_exclude.split(",") if p.strip())
+  trainable = meta.path_mask(state.params, lambda path: not any(
+      path == p or path.startswith(p.rstrip("/") + "/") for p in excluded))
+  return inner_loss, outer_loss, trainable
+
+
+def meta_gradient(config, spec, state: GenerativeRegState, batch, rng: jax.Array, inner_lr):
+  """(look-ahead validation loss, its gradient in the finder's parameters)."""
+  inner_loss, outer_loss, trainable = _lookahead_problem(config, spec, state, batch, rng)
+  return meta.lookahead_gradient(inner_loss, outer_loss, state.params, state.finder_params,
+                                 inner_lr=inner_lr, mode=config.generative.hvp_mode,
+                                 trainable=trainable, epsilon=config.generative.fd_epsilon)
+
+
+def _meta_step(config, spec, state: GenerativeRegState, batch, rng, inner_lr):
+  """(new finder params, new finder opt state, metrics): one Adam step on phi."""
+  g = config.generative
+  value, grads = meta_gradient(config, spec, state, batch, rng, inner_lr)
+  updates, opt_state = optax.adam(g.finder_lr).update(grads, state.finder_opt_state,
+                                                      state.finder_params)
+  finder_params = optax.apply_updates(state.finder_params, updates)
+  metrics = {"meta/lookahead_loss": value, "meta/grad_norm": optax.tree.norm(grads)}
+  if g.log_meta_gain:
+    inner_loss, outer_loss, trainable = _lookahead_problem(config, spec, state, batch, rng)
+    after = meta.lookahead_loss(inner_loss, outer_loss, state.params, finder_params,
+                                inner_lr=inner_lr, trainable=trainable)
+    metrics["meta/gain"] = after - value
+  return finder_params, opt_state, metrics
+
+
+def train_step(state: GenerativeRegState, batch, rng: jax.Array, *, config,
+               spec: tasks.Spec):
+  g = config.generative
+  total = config.train.steps
+  meta_key, sample_key, step_key = jax.random.split(rng, 3)
+  finder_params, finder_opt_state, metrics = state.finder_params, state.finder_opt_state, {}
+  if sampler(config) == "finder":
+    inner_lr = g.lookahead_lr or optim.make_schedule(config.optimizer, total)(state.step)
+    run_meta = lambda s: _meta_step(config, spec, s, batch, meta_key, inner_lr)
+    if g.meta_every > 1:
+      skipped = lambda s: (s.finder_params, s.finder_opt_state, jax.tree.map(
+          jnp.zeros_like, jax.eval_shape(run_meta, s)[2]))
+      finder_params, finder_opt_state, metrics = jax.lax.cond(
+          state.step % g.meta_every == 0, run_meta, skipped, state)
+    else:
+      finder_params, finder_opt_state, metrics = run_meta(state)
+  noise_key = jax.random.fold_in(meta_key, 0) if g.reuse_noise else sample_key
+  synthetic, labels, shift = synthetic_batch(config, spec, state.generator, finder_params,
+                                             noise_key, g.synthetic_batch)
+  synthetic = jax.lax.stop_gradient(synthetic)
+
+  def loss_fn(params):
+    return regularised_loss(config, spec, state, params, batch, synthetic, labels, step_key)
+
+  (loss, (ce, reg, logits, model_state)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  tx = optim.make_optimizer(config.optimizer, total)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  metrics.update({"loss": loss, "ce": ce, "reg": reg, "meta/latent_shift": shift,
+                  "accuracy": losses.correct(logits, batch["label"]).mean(),
+                  "grad_norm": optax.tree.norm(grads)})
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       model_state=model_state, opt_state=opt_state,
+                       finder_params=finder_params, finder_opt_state=finder_opt_state), metrics
+
+
+def eval_step(state: GenerativeRegState, batch, *, config, spec: tasks.Spec):
+  return erm.eval_step(state, batch, config=config, spec=spec)
+
