@@ -12,7 +12,7 @@ reported beside it, with its accuracy on the real images for reference.
 import json
 import math
 import os
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -36,25 +36,37 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
   return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
 
 
-def load_classifier(workdir: str, input_shape: Tuple[int, ...], num_classes: int):
-  """(model, variables) of the jaxlab classifier trained in `workdir` (its config.json and
-  newest checkpoint)."""
+def classifier_config_path(workdir: str) -> str:
+  """`workdir`'s config.json, or a UserError when `workdir` is not a jaxlab run."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise UserError(f"gan.score_classifier={workdir!r} is not a jaxlab run (no config.json); "
-                    "give the workdir of a classifier trained on the same data, e.g. "
-                    "configs/erm.py:digits")
-  with open(path) as f:
+                    "give the workdir of a classifier trained on the same data (e.g. "
+                    "configs/erm.py:digits) or '' for no quality score")
+  return path
+
+
+def load_classifier(workdir: str, input_shape: Tuple[int, ...], num_classes: int):
+  """(model, variables) of the jaxlab classifier trained in `workdir` (its config.json and
+  newest checkpoint)."""
+  with open(classifier_config_path(workdir)) as f:
     model = models.build(ml_collections.ConfigDict(json.load(f)["model"]), num_classes)
   like = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape)))
   return model, load_pretrained(workdir, dict(like), field="gan.score_classifier")
 
 
+def in_chunks(fn: Callable, *arrays, chunk: int = 500):
+  """fn applied to consecutive `chunk`-row slices of `arrays`, outputs concatenated on the
+  host (a tuple of outputs stays a tuple)."""
+  outputs = [jax.device_get(fn(*(a[i:i + chunk] for a in arrays)))
+             for i in range(0, len(arrays[0]), chunk)]
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
 def logits_and_features(model, variables, images: np.ndarray, chunk: int = 500):
   """Eval-mode logits and penultimate features of float images in [0, 1], in chunks."""
   run = jax.jit(lambda x: models.logits_and_features(model, variables, x, train=False)[:2])
-  outputs = [jax.device_get(run(images[i:i + chunk])) for i in range(0, len(images), chunk)]
-  return (np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs]))
+  return in_chunks(run, images, chunk=chunk)
 
 
 def quality(model, variables, real: np.ndarray, real_labels: np.ndarray,

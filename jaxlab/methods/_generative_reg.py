@@ -100,23 +100,27 @@ def _generator(config, spec: tasks.Spec) -> gan.ConditionalGenerator:
 
 
 class GenerativeTask(tasks.SupervisedTask):
-  """The supervised task plus a batch of the meta step's validation data (`val_image`,
-  `val_label`) and the frozen generator's weights (`frozen_variables`)."""
+  """The supervised task plus the frozen generator's weights (`frozen_variables`) and, when
+  the finder is meta-learned, a batch of the meta step's validation data (`val_image`,
+  `val_label`)."""
 
   def __init__(self, config, num_devices: int = 1):
     self._config = config
+    self._meta = sampler(config) == "finder"
     super().__init__(config, num_devices)
 
   def train_arrays(self):
     train = super().train_arrays()
-    if self._config.generative.meta_val == "train":
-      val = train
-    else:
-      val = self.split_arrays("validation")
+    if not self._meta:
+      return train
+    val = train if self._config.generative.meta_val == "train" else self.split_arrays(
+        "validation")
     return {**train, "val_image": val["image"], "val_label": val["label"]}
 
   def train_batch(self, data, key: jax.Array, step: jax.Array):
     batch = super().train_batch(data, key, step)
+    if not self._meta:
+      return batch
     indices = tasks.epoch_indices(jax.random.fold_in(key, 1), step, self.batch_size,
                                   data["val_label"].shape[0])
     return {**batch, "val_image": augment.to_float(data["val_image"][indices]),

@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab.data import tasks
-from jaxlab.errors import UserError
+from jaxlab.data import augment, tasks
 from jaxlab.eval import generative
 from jaxlab.methods import erm
 from jaxlab.models import gan
@@ -45,11 +44,8 @@ class GANState(TrainState):
 
 
 def make_task(config, num_devices: int = 1) -> tasks.SupervisedTask:
-  score_classifier = config.gan.score_classifier
-  if score_classifier and not os.path.exists(os.path.join(score_classifier, "config.json")):
-    raise UserError(f"gan.score_classifier={score_classifier!r} is not a jaxlab run (no "
-                    "config.json); give the workdir of a classifier trained on the same data "
-                    "(e.g. configs/erm.py:digits) or '' for no quality score")
+  if config.gan.score_classifier:  # checked before training, used at the end
+    generative.classifier_config_path(config.gan.score_classifier)
   return erm.make_task(config, num_devices)
 
 
@@ -162,10 +158,9 @@ def report(state: GANState, task, workdir: str, *, config, spec: tasks.Spec,
   real = task.split_arrays(config.gan.score_split)
   labels = real["label"]
   z = jax.random.normal(jax.random.fold_in(key, 1), (len(labels), latent_dim))
-  fakes = np.concatenate([np.asarray(sample(z[i:i + 500], jax.nn.one_hot(labels[i:i + 500], k)))
-                          for i in range(0, len(labels), 500)])
+  fakes = generative.in_chunks(lambda zs, ys: sample(zs, jax.nn.one_hot(ys, k)), z, labels)
   model, variables = generative.load_classifier(config.gan.score_classifier,
                                                 tuple(spec.input_shape), k)
-  scores = generative.quality(model, variables, real["image"].astype(np.float32) / 255.0,
+  scores = generative.quality(model, variables, np.asarray(augment.to_float(real["image"])),
                               labels, fakes, labels)
   return {f"quality/{name}": value for name, value in scores.items()}
