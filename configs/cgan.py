@@ -14,6 +14,12 @@ Presets (`:name[,steps=N]`):
   digits           §2(g): latent d_w = 8, width 64, on the full digits training split (1,438
                    images); `steps` (default 3,000) sets how well it fits: MGR's
                    reproduction uses a deliberately weak one (steps=300).
+  digits_source    the same on digits 0-4 only: the source generator G_s of PP + P-SSL
+                   (configs/pp_pssl.py).
+  glyphs16         §2(g) on glyphs at CPU scale: the first 100 characters of the embedded
+                   glyphs' train split at 16x16, 15 instances each (the other 5 = `test`),
+                   latent 8, width 32; `steps` default 500 (the weak generator of
+                   configs/mgr.py:glyphs16).
   glyphs_color32   glyphs/color32 (32x32x3, 2,359 classes), latent 64, width 128.
   cifar10, cifar100
                    TFDS (prepare them first), latent 128, width 128.
@@ -43,6 +49,22 @@ def digits(steps=3000):
   return _gan(c, latent_dim=8, width=64, steps=steps)
 
 
+def digits_source(steps=3000):
+  c = digits(steps)
+  c.data.classes = "range:0-4"
+  return c
+
+
+def glyphs16(steps=500):
+  c = base_config()
+  c.data.name = "glyphs"
+  c.data.image_size = 16
+  c.data.classes = "first:100"
+  c.data.per_class = 15
+  c.data.rest_as_test = True
+  return _gan(c, latent_dim=8, width=32, steps=steps)
+
+
 def glyphs_color32(steps=20000):
   c = base_config()
   c.data.name = "glyphs/color32"
@@ -55,7 +77,7 @@ def _tfds(name, steps):
   return _gan(c, latent_dim=128, width=128, steps=steps)
 
 
-PRESETS = {"digits": digits, "glyphs_color32": glyphs_color32,
+PRESETS = {"digits": digits, "digits_source": digits_source, "glyphs16": glyphs16, "glyphs_color32": glyphs_color32,
            "cifar10": lambda steps=50000: _tfds("cifar10", steps),
            "cifar100": lambda steps=50000: _tfds("cifar100", steps)}
 

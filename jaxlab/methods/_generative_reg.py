@@ -15,7 +15,10 @@ Regulariser (`regulariser`, chosen by the method):
        (the head gets no gradient from it), T = random shift (`pcr_shift` pixels) + rotation
        (`pcr_rotation` degrees) [+ flip]; flags: `pcr_views` two_augmented | clean_augmented
        (T1 = identity), `pcr_stop_gradient` (sg on the second branch, SimSiam-style),
-       `pcr_reduction` sum (over feature dims, the spec's default) | mean (PyTorch mse_loss).
+       `pcr_reduction` sum (over feature dims, the spec's first reconstruction) | mean (PyTorch
+       mse_loss, the spec's alternative (iv); the presets' choice, see configs/mgr.py).
+The loss is `real_weight` * CE(f(x), y) + `weight` * R; `real_weight` = 0 with `gda` trains
+on synthetic pairs alone: the pseudo pre-training (PP) of §4 (configs/pp_pssl.py:pp).
 Per step:
   1. (finder only, every `meta_every` steps) the meta step on phi: with
        L_in(theta; phi) = CE(f_theta(x), y) + lambda R(theta; x_p(phi)),
@@ -212,7 +215,8 @@ def regularised_loss(config, spec: tasks.Spec, state: GenerativeRegState, params
   else:
     reg = pcr_loss(lambda x: forward(x)[1], synthetic, jax.random.fold_in(rng, 1),
                    config.generative)
-  return ce + config.generative.weight * reg, (ce, reg, logits, model_state)
+  g = config.generative
+  return g.real_weight * ce + g.weight * reg, (ce, reg, logits, model_state)
 
 
 def _lookahead_problem(config, spec, state: GenerativeRegState, batch, rng):
