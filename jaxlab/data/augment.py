@@ -59,12 +59,32 @@ def random_rotate(images: jax.Array, key: jax.Array, max_degrees: float) -> jax.
   return rotate(images, jnp.deg2rad(angles))
 
 
+def cutout(images: jax.Array, key: jax.Array, size: int) -> jax.Array:
+  """Zeroes one size x size square per image at a random centre (clipped at the borders;
+  DeVries & Taylor 2017, the last op of FixMatch's strong augmentation)."""
+  if size <= 0:
+    return images
+  n, h, w, _ = images.shape
+  centres = jax.random.randint(key, (n, 2), 0, jnp.array([h, w]))
+  rows = jnp.arange(h)[None, :, None] - centres[:, 0, None, None]
+  cols = jnp.arange(w)[None, None, :] - centres[:, 1, None, None]
+  half = size // 2
+  inside = (rows >= -half) & (rows < size - half) & (cols >= -half) & (cols < size - half)
+  return jnp.where(inside[..., None], 0.0, images)
+
+
 def augment(images: jax.Array, key: jax.Array, *, crop_padding: int = 0,
-            flip: bool = False, rotation: float = 0.0) -> jax.Array:
-  """Random shift (zero-pad + crop), left-right flip and rotation (degrees), each optional."""
+            flip: bool = False, rotation: float = 0.0, cutout_size: int = 0,
+            noise: float = 0.0) -> jax.Array:
+  """Random shift (zero-pad + crop), left-right flip, rotation (degrees), cutout and additive
+  Gaussian pixel noise (std `noise`, clipped to [0, 1]), each optional."""
   crop_key, flip_key = jax.random.split(key)
   images = random_rotate(images, jax.random.fold_in(key, 2), rotation)
   images = random_crop(images, crop_key, crop_padding)
   if flip:
     images = random_flip(images, flip_key)
+  images = cutout(images, jax.random.fold_in(key, 3), cutout_size)
+  if noise > 0:
+    images = jnp.clip(images + noise * jax.random.normal(jax.random.fold_in(key, 4),
+                                                         images.shape), 0.0, 1.0)
   return images

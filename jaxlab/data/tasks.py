@@ -166,8 +166,8 @@ class SupervisedTask:
 
     With `data.per_class`, `data.train_fraction` or `data.val_fraction` set, the training
     pool (`data.train_split`) is subsampled and `validation` is carved out of it
-    (`carve_validation`), replacing any split of that name; with `data.rest_as_test`, the
-    pool's examples not kept become the `test` split.
+    (`carve_validation`), replacing any split of that name; the pool's examples not kept are
+    the split `rest`, and with `data.rest_as_test` also the `test` split.
     """
     carved = self._carved()
     if split in carved and split != "train":
@@ -177,7 +177,8 @@ class SupervisedTask:
     return self._cache[split]
 
   def _carved(self) -> Dict[str, Arrays]:
-    """{"train", "validation"[, "test"]} carved from the pool, or {} when nothing is carved."""
+    """{"train", "validation", "rest"[, "test"]} carved from the pool, or {} when nothing is
+    carved."""
     data = self._data
     fraction = data.get("train_fraction", 1.0)
     if not (data.get("per_class", 0) or data.get("val_fraction", 0.0) or fraction < 1.0):
@@ -186,7 +187,7 @@ class SupervisedTask:
       train, val, rest = carve_validation(
           load_arrays(data, data.train_split), data.get("per_class", 0),
           data.get("val_fraction", 0.0), data.split_seed, fraction)
-      self._cache["carved"] = {"train": train, "validation": val,
+      self._cache["carved"] = {"train": train, "validation": val, "rest": rest,
                                **({"test": rest} if data.get("rest_as_test", False) else {})}
     return self._cache["carved"]
 

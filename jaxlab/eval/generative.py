@@ -36,23 +36,30 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
   return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
 
 
-def classifier_config_path(workdir: str) -> str:
-  """`workdir`'s config.json, or a UserError when `workdir` is not a jaxlab run."""
+def classifier_config_path(workdir: str, field: str = "gan.score_classifier") -> str:
+  """`workdir`'s config.json, or a UserError naming `field` when it is not a jaxlab run."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise UserError(f"gan.score_classifier={workdir!r} is not a jaxlab run (no config.json); "
-                    "give the workdir of a classifier trained on the same data (e.g. "
-                    "configs/erm.py:digits) or '' for no quality score")
+    hint = ("a classifier trained on the same data (e.g. configs/erm.py:digits) or '' for no "
+            "quality score" if field == "gan.score_classifier" else "a classifier run")
+    raise UserError(f"{field}={workdir!r} is not a jaxlab run (no config.json); give the "
+                    f"workdir of {hint}")
   return path
 
 
-def load_classifier(workdir: str, input_shape: Tuple[int, ...], num_classes: int):
+def classifier_model(workdir: str, num_classes: int, field: str = "gan.score_classifier"):
+  """The model of the jaxlab classifier run in `workdir`, built from its config.json."""
+  with open(classifier_config_path(workdir, field)) as f:
+    return models.build(ml_collections.ConfigDict(json.load(f)["model"]), num_classes)
+
+
+def load_classifier(workdir: str, input_shape: Tuple[int, ...], num_classes: int,
+                    field: str = "gan.score_classifier"):
   """(model, variables) of the jaxlab classifier trained in `workdir` (its config.json and
-  newest checkpoint)."""
-  with open(classifier_config_path(workdir)) as f:
-    model = models.build(ml_collections.ConfigDict(json.load(f)["model"]), num_classes)
+  newest checkpoint); `field` names the config field in error messages."""
+  model = classifier_model(workdir, num_classes, field)
   like = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape)))
-  return model, load_pretrained(workdir, dict(like), field="gan.score_classifier")
+  return model, load_pretrained(workdir, dict(like), field=field)
 
 
 def in_chunks(fn: Callable, *arrays, chunk: int = 500):

@@ -1,0 +1,75 @@
+"""Semi-supervised presets: `fixmatch` with real unlabeled data, and its supervised-only
+baseline (`method=erm` on the same labeled subset); shared/methods/generative_and_finetuning.md
+§3 (the real-unlabeled oracle of §3(g)) and §4 (the SSL algorithm of P-SSL).
+
+  python -m jaxlab.main --config=configs/ssl.py:digits,labels=2 --workdir=runs/fixmatch_k2
+  python -m jaxlab.main --config=configs/ssl.py:digits,method=erm,labels=2 --workdir=runs/sup_k2
+
+Presets (`:name[,method=fixmatch|erm][,labels=N]`, N labeled images per class, drawn with
+split seed 42, the same subset for every seed):
+  digits          §3(g): the embedded digits (1,438 training images), `labels` in {1, 2, 4, 10}
+                  per class, the rest of the training split unlabeled (FixMatch uses the whole
+                  split, labels dropped); the 2-conv CNN (32, 64), SGD-Nesterov 0.03 with
+                  cosine decay and weight decay 5e-4, batch 64 labeled + 7 x 64 unlabeled,
+                  tau = 0.95, lambda_u = 1; weak = 1-pixel shift, strong = shift + rotation
+                  in +-30 degrees + pixel noise (std 0.1) ("FixMatch-lite"); `steps` default
+                  3,000; test accuracy at the final step.
+  glyphs_color32  glyphs/color32 (2,359 classes, 16 training images each), `labels` of them
+                  labeled, ResNet-18, shift 4 + flip weak, + rotation, cutout 16, noise strong.
+  cifar10         TFDS cifar10 (prepare it first), `labels` per class (4 / 25 / 400 = the
+                  40 / 250 / 4,000-label settings), WRN-28-2, SGD-Nesterov 0.03 cosine, weight
+                  decay 5e-4, 2^20 steps in the paper (`steps` default 2^20), strong as above.
+"""
+
+import ml_collections
+
+from jaxlab.config import base_config, presets
+
+
+def _ssl(c, method, labels, steps, eval_every, lr=0.03):
+  c.method = method
+  c.data.per_class = labels
+  c.ssl = ml_collections.ConfigDict(dict(
+      threshold=0.95, unlabeled_ratio=7, weight=1.0, unlabeled="all",
+      strong_rotation=30.0, strong_cutout=0, strong_noise=0.1))
+  c.optimizer.update(dict(name="sgd", learning_rate=lr, momentum=0.9, nesterov=True,
+                          weight_decay=5e-4, schedule="cosine"))
+  c.train.update(dict(steps=steps, batch_size=64, eval_every=eval_every, log_every=eval_every,
+                      checkpoint_every=max(eval_every, steps // 4)))
+  return c
+
+
+def digits(method="fixmatch", labels=4, steps=3000):
+  c = base_config()
+  c.data.name = "digits"
+  c.model = ml_collections.ConfigDict(dict(name="cnn", channels=(32, 64), norm="none",
+                                           weight_init="flax"))
+  c.aug.crop_padding = 1
+  return _ssl(c, method, labels, steps, eval_every=500)
+
+
+def _cifar_like(name, method, labels, steps, model):
+  c = base_config()
+  c.data.name = name
+  c.model = ml_collections.ConfigDict(dict(norm="batch_norm",
+                                           weight_init="kaiming_normal_fan_out",
+                                           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                                           **model))
+  c.aug.crop_padding = 4
+  c.aug.flip = True
+  c = _ssl(c, method, labels, steps, eval_every=max(1, steps // 20))
+  c.ssl.strong_cutout = 16
+  return c
+
+
+PRESETS = {
+    "digits": digits,
+    "glyphs_color32": lambda method="fixmatch", labels=4, steps=20000: _cifar_like(
+        "glyphs/color32", method, labels, steps, dict(name="resnet18", width=64, stem="cifar")),
+    "cifar10": lambda method="fixmatch", labels=25, steps=2 ** 20: _cifar_like(
+        "cifar10", method, labels, steps, dict(name="wide_resnet", depth=28, widen=2)),
+}
+
+
+def get_config(arg=None):
+  return presets(arg, PRESETS, "digits", "configs/ssl.py")

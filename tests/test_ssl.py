@@ -1,0 +1,171 @@
+"""FixMatch (shared/methods/generative_and_finetuning.md §3(g) oracle, §4 P-SSL's SSL step):
+the pseudo-label loss against numpy, cutout, and the unlabeled branch entering only
+through its weight; PP + P-SSL (§4(g) unit tests): one-hot conditioning, frozen G_s and C_s,
+PP independent of real data."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlab
+from jaxlab import methods
+from jaxlab.data import augment
+from jaxlab.data.tasks import Spec
+from jaxlab.errors import UserError
+from jaxlab.methods import _generative_reg as core
+from jaxlab.methods import fixmatch, pssl
+
+
+def test_pseudo_label_loss_matches_numpy_and_stops_the_weak_gradient():
+  rng = np.random.default_rng(0)
+  weak = rng.normal(scale=3.0, size=(40, 5))
+  strong = rng.normal(size=(40, 5))
+  threshold = 0.7
+  probs = np.exp(weak - weak.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  mask = probs.max(1) >= threshold
+  labels = probs.argmax(1)
+  log_softmax = strong - strong.max(1, keepdims=True)
+  log_softmax -= np.log(np.exp(log_softmax).sum(1, keepdims=True))
+  expected = -(mask * log_softmax[np.arange(40), labels]).sum() / 40  # masked ones count
+  assert 0 < mask.sum() < 40  # both kinds present, so the check means something
+  loss, got_mask, got_labels = fixmatch.pseudo_label_loss(jnp.asarray(weak),
+                                                          jnp.asarray(strong), threshold)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_array_equal(got_mask, mask.astype(np.float32))
+  np.testing.assert_array_equal(got_labels, labels)
+  weak_grad = jax.grad(lambda w: fixmatch.pseudo_label_loss(w, jnp.asarray(strong),
+                                                            threshold)[0])(jnp.asarray(weak))
+  np.testing.assert_array_equal(weak_grad, 0.0)
+  strong_grad = jax.grad(lambda s: fixmatch.pseudo_label_loss(jnp.asarray(weak), s,
+                                                              threshold)[0])(jnp.asarray(strong))
+  np.testing.assert_array_equal(np.abs(strong_grad).sum(1) > 0, mask)  # only confident rows
+
+
+def test_cutout_zeroes_one_clipped_square_per_image():
+  images = jnp.ones((64, 12, 12, 3))
+  out = np.asarray(augment.cutout(images, jax.random.key(0), 4))
+  assert set(np.unique(out)) == {0.0, 1.0}
+  for image in out:
+    zero = image[..., 0] == 0
+    np.testing.assert_array_equal(zero, (image == 0).all(-1))  # all channels together
+    rows, cols = np.flatnonzero(zero.any(1)), np.flatnonzero(zero.any(0))
+    assert zero.sum() == len(rows) * len(cols)  # one rectangle...
+    assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
+    assert 2 <= len(rows) <= 4 and 2 <= len(cols) <= 4  # ...a 4x4 square, clipped at edges
+  assert any((out[i] == 0).all(-1).sum() == 16 for i in range(64))
+
+
+def _config(method, **overrides):
+  return jaxlab.load_config(f"configs/ssl.py:digits,method={method},labels=2", {
+      "model.channels": (4, 6), "ssl.unlabeled_ratio": 2, "train.batch_size": 8, **overrides})
+
+
+def _train(config, steps=4):
+  method = methods.get_method(config.method)
+  task = method.make_task(config)
+  data = jax.tree.map(jnp.asarray, task.train_arrays())
+  state = method.init(config, jax.random.key(0), task.spec)
+  step = jax.jit(lambda s, i: method.train_step(
+      s, task.train_batch(data, jax.random.key(1), i), jax.random.fold_in(jax.random.key(2), i),
+      config=config, spec=task.spec))
+  for i in range(steps):
+    state, metrics = step(state, jnp.asarray(i))
+  return state, metrics
+
+
+def test_with_zero_weight_fixmatch_trains_like_supervised_on_the_labeled_subset():
+  # the unlabeled views share the forward pass (no BatchNorm in this CNN), so with
+  # lambda_u = 0 the labeled batches and hence the updates must be erm's
+  fixmatch_state, metrics = _train(_config("fixmatch", **{"ssl.weight": 0.0,
+                                                          "ssl.threshold": 0.1}))
+  erm_state, _ = _train(_config("erm"))
+  assert float(metrics["unsup"]) > 0  # the unlabeled loss was there, weighted by 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               fixmatch_state.params, erm_state.params)
+
+
+def test_bad_ssl_settings_are_one_line_errors():
+  with pytest.raises(UserError, match="unknown ssl.unlabeled 'pool'; valid choices: all, rest"):
+    fixmatch.make_task(_config("fixmatch", **{"ssl.unlabeled": "pool"}))
+  with pytest.raises(UserError, match="threshold"):
+    fixmatch.make_task(_config("fixmatch", **{"ssl.threshold": 1.5}))
+  everything = _config("fixmatch", **{"ssl.unlabeled": "rest", "data.per_class": 0,
+                                      "data.train_fraction": 1.0, "data.val_fraction": 0.1})
+  with pytest.raises(UserError, match="no unlabeled images"):
+    fixmatch.make_task(everything)
+
+
+# -- PP + P-SSL (§4) ---------------------------------------------------------------------------
+
+def _pssl_config(tmp_path, **overrides):
+  """pssl on digits 5-9 with a random G_s and an untrained MLP C_s run directory."""
+  source = tmp_path / "c_s"
+  source.mkdir(exist_ok=True)
+  (source / "config.json").write_text(json.dumps(
+      {"model": {"name": "mlp", "hidden": [8], "norm": "none", "weight_init": "flax"}}))
+  return jaxlab.load_config("configs/pp_pssl.py:digits,method=pssl,n=4", {
+      "model.channels": (4, 6), "ssl.unlabeled_ratio": 2, "train.batch_size": 8,
+      "generator.width": 8, "pssl.generator": str(tmp_path / "g_s_not_read"),
+      "pssl.source_classifier": str(source), **overrides})
+
+
+def _target_images(n=12):
+  return jnp.asarray(np.random.default_rng(0).uniform(size=(n, 8, 8, 1)), jnp.float32)
+
+
+def test_a_one_hot_posterior_conditions_the_generator_as_its_hard_class(tmp_path):
+  config = _pssl_config(tmp_path, **{"pssl.temperature": 1e-6})
+  spec = Spec(input_shape=(8, 8, 1), num_classes=5)
+  state = jax.jit(lambda key: pssl.init(config, key, spec))(jax.random.key(0))
+  x_t = _target_images()
+  logits = pssl._source_model(config).apply(state.source_classifier, x_t)
+  c = pssl.source_conditions(config, state, x_t, jax.random.key(1))
+  np.testing.assert_array_equal(c, jax.nn.one_hot(jnp.argmax(logits, -1), 5))
+  generator = pssl._generator(config, spec)
+  z = jax.random.normal(jax.random.key(2), (12, 8))
+  hard = generator.apply(state.generator, z, jax.nn.one_hot(jnp.argmax(logits, -1), 5))
+  np.testing.assert_array_equal(generator.apply(state.generator, z, c), hard)
+  soft = pssl.source_conditions(_pssl_config(tmp_path), state, x_t, jax.random.key(1))
+  np.testing.assert_allclose(soft, jax.nn.softmax(logits), rtol=1e-6)  # temperature 1
+  uniform = pssl.source_conditions(_pssl_config(tmp_path, **{"pssl.conditioning": "uniform"}),
+                                   state, jnp.zeros((200, 8, 8, 1)), jax.random.key(1))
+  np.testing.assert_array_equal(uniform.sum(-1), 1.0)
+  assert set(np.asarray(uniform.argmax(-1))) == set(range(5))
+
+
+def test_no_gradient_reaches_the_frozen_generator_or_source_classifier(tmp_path):
+  config = _pssl_config(tmp_path, **{"ssl.threshold": 0.1})
+  spec = Spec(input_shape=(8, 8, 1), num_classes=5)
+  start = jax.jit(lambda key: pssl.init(config, key, spec))(jax.random.key(0))
+  frozen = lambda s: (s.generator, s.source_classifier)
+  grads = jax.jit(jax.grad(lambda f: pssl.pseudo_samples(
+      config, spec, start.replace(generator=f[0], source_classifier=f[1]), _target_images(),
+      jax.random.key(1))[0].sum()))(frozen(start))
+  jax.tree.map(lambda g: np.testing.assert_array_equal(g, 0.0), grads)
+  state, metrics = _train(config, steps=3)
+  assert float(metrics["mask_rate"]) > 0 and float(metrics["condition_entropy"]) > 0
+  jax.tree.map(np.testing.assert_array_equal, frozen(state), frozen(start))
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, start.params)
+  assert min(jax.tree.leaves(moved)) > 0
+
+
+def test_pseudo_pretraining_ignores_the_real_batch():
+  # PP = gda with real_weight 0: the loss and its gradient come from generated pairs alone
+  config = jaxlab.load_config("configs/pp_pssl.py:pp", {
+      "model.channels": (4, 6), "generator.width": 8, "generative.synthetic_batch": 6})
+  spec = Spec(input_shape=(8, 8, 1), num_classes=5)
+  state = jax.jit(lambda key: core.init(config, key, spec))(jax.random.key(0))
+  synthetic, labels, _ = core.synthetic_batch(config, spec, state.generator,
+                                              state.finder_params, jax.random.key(1), 6)
+  grads = jax.jit(lambda batch: jax.grad(lambda p: core.regularised_loss(
+      config, spec, state, p, batch, synthetic, labels, jax.random.key(2))[0])(state.params))
+  batches = [{"image": jnp.asarray(rng.uniform(size=(6, 8, 8, 1)), jnp.float32),
+              "label": jnp.asarray(rng.integers(0, 5, 6))}
+             for rng in (np.random.default_rng(0), np.random.default_rng(1))]
+  first = grads(batches[0])
+  jax.tree.map(np.testing.assert_array_equal, first, grads(batches[1]))
+  assert max(jax.tree.leaves(jax.tree.map(lambda g: float(jnp.abs(g).max()), first))) > 0
