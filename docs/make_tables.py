@@ -161,6 +161,13 @@ def collect_paired(runs: str, table: str):
   return cells
 
 
+def _mean_and_spread(mean: float, spread: float) -> str:
+  """Two decimals, or three significant digits when the mean is below 0.01 in magnitude
+  (meta-gradient norms)."""
+  form = ".2f" if mean == 0 or abs(mean) >= 0.01 else ".2e"
+  return f"{mean:{form}} +- {spread:{form}}"
+
+
 def render(table: str, cells) -> str:
   _, metric, scale, rows, columns, *_ = TABLES[table]
   paired = metric is not None and metric.startswith("paired:")
@@ -175,7 +182,7 @@ def render(table: str, cells) -> str:
         out.append("")
         continue
       spread = statistics.stdev(values) if len(values) > 1 else 0.0
-      cell = f"{statistics.mean(values):.2f} +- {spread:.2f} (n={len(values)})"
+      cell = f"{_mean_and_spread(statistics.mean(values), spread)} (n={len(values)})"
       if paired:
         cell += f", {sum(v >= 0 for v in values)}/{len(values)} >= 0"
       out.append(cell)
