@@ -162,9 +162,9 @@ def collect_paired(runs: str, table: str):
 
 
 def _mean_and_spread(mean: float, spread: float) -> str:
-  """Two decimals, or three significant digits when the mean is below 0.01 in magnitude
+  """Two decimals, or three significant digits when both are below 0.01 in magnitude
   (meta-gradient norms)."""
-  form = ".2f" if mean == 0 or abs(mean) >= 0.01 else ".2e"
+  form = ".2e" if 0 < max(abs(mean), spread) < 0.01 else ".2f"
   return f"{mean:{form}} +- {spread:{form}}"
 
 
