@@ -204,6 +204,15 @@ class SupervisedTask:
                              crop_padding=self.crop_padding, flip=self.flip)
     return {"image": images, "label": data["label"][indices]}
 
+  def extra_batch(self, data: Arrays, key: jax.Array, step: jax.Array, size: int,
+                  image_key: str, label_key: str = ""):
+    """(float images, labels or None): `size` rows of data[image_key] (and data[label_key]),
+    unaugmented, epoch by epoch from their own index stream (`fold_in(key, 1)`): the second
+    batch of methods that read two sets per step (a validation or unlabeled batch)."""
+    indices = epoch_indices(jax.random.fold_in(key, 1), step, size, data[image_key].shape[0])
+    return (augment.to_float(data[image_key][indices]),
+            data[label_key][indices] if label_key else None)
+
   # -- evaluation -------------------------------------------------------------
   def eval_arrays(self, split: str) -> Arrays:
     """The split padded to whole evaluation batches, with a 0/1 `mask`."""

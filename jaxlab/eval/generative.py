@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxlab import models
 from jaxlab.errors import UserError
+from jaxlab.models import gan
 from jaxlab.train.checkpoint import load_pretrained
 
 
@@ -60,6 +61,13 @@ def load_classifier(workdir: str, input_shape: Tuple[int, ...], num_classes: int
   model = classifier_model(workdir, num_classes, field)
   like = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape)))
   return model, load_pretrained(workdir, dict(like), field=field)
+
+
+def load_generator(generator, workdir: str, field: str):
+  """The frozen variables {"params", "batch_stats"} of the `cgan` run in `workdir`, checked
+  against `generator` (a models.gan.ConditionalGenerator); `field` names the config field."""
+  like = jax.eval_shape(lambda: gan.init_generator(generator, jax.random.key(0)))
+  return load_pretrained(workdir, like, field=field)
 
 
 def in_chunks(fn: Callable, *arrays, chunk: int = 500):

@@ -116,7 +116,7 @@ def pretrained_statistics(model, variables, images: jax.Array, labels: jax.Array
           "class_std": jnp.sqrt(jnp.maximum(class_var, 0.0))}
 
 
-def start_from(state: FinetuneState, train_data, *, config, spec, frozen=None) -> FinetuneState:
+def start_from(state: FinetuneState, train_data, *, config, spec) -> FinetuneState:
   """With the pretrained body in place (the head keeps its fresh init via init_skip): the
   L2-SP anchor and the priors' statistics."""
   state = state.replace(source_params={n: v for n, v in state.params.items() if n != "head"})

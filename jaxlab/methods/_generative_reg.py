@@ -48,10 +48,10 @@ import optax
 from jaxlab import meta, models
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError, unknown
+from jaxlab.eval import generative
 from jaxlab.methods import cgan, erm
 from jaxlab.models import gan
 from jaxlab.train import losses, optim
-from jaxlab.train.checkpoint import load_pretrained
 from jaxlab.train.state import TrainState
 
 REGULARISER_OF_METHOD = {"gda": "gda", "pcr": "pcr", "mgr": "pcr"}
@@ -103,7 +103,8 @@ def _generator(config, spec: tasks.Spec) -> gan.ConditionalGenerator:
 
 
 class GenerativeTask(tasks.SupervisedTask):
-  """The supervised task plus the frozen generator's weights (`frozen_variables`) and, when
+  """The supervised task plus the frozen generator's weights (`frozen_variables`, placed in
+  the state's `generator` field by the training loop) and, when
   the finder is meta-learned, a batch of the meta step's validation data (`val_image`,
   `val_label`)."""
 
@@ -112,28 +113,31 @@ class GenerativeTask(tasks.SupervisedTask):
     self._meta = sampler(config) == "finder"
     super().__init__(config, num_devices)
 
+  def _val_keys(self):
+    """Where the meta step's batch comes from: the carved validation split, or (meta_val
+    = 'train') the training arrays themselves."""
+    if self._config.generative.meta_val == "train":
+      return "image", "label"
+    return "val_image", "val_label"
+
   def train_arrays(self):
     train = super().train_arrays()
-    if not self._meta:
+    if not self._meta or self._val_keys()[0] == "image":
       return train
-    val = train if self._config.generative.meta_val == "train" else self.split_arrays(
-        "validation")
+    val = self.split_arrays("validation")
     return {**train, "val_image": val["image"], "val_label": val["label"]}
 
   def train_batch(self, data, key: jax.Array, step: jax.Array):
     batch = super().train_batch(data, key, step)
     if not self._meta:
       return batch
-    indices = tasks.epoch_indices(jax.random.fold_in(key, 1), step, self.batch_size,
-                                  data["val_label"].shape[0])
-    return {**batch, "val_image": augment.to_float(data["val_image"][indices]),
-            "val_label": data["val_label"][indices]}
+    images, labels = self.extra_batch(data, key, step, self.batch_size, *self._val_keys())
+    return {**batch, "val_image": images, "val_label": labels}
 
   def frozen_variables(self):
-    config = self._config
-    generator = _generator(config, self.spec)
-    like = jax.eval_shape(lambda: gan.init_generator(generator, jax.random.key(0)))
-    return load_pretrained(config.generative.generator, like, field="generative.generator")
+    return {"generator": generative.load_generator(
+        _generator(self._config, self.spec), self._config.generative.generator,
+        "generative.generator")}
 
 
 def make_task(config, num_devices: int = 1) -> GenerativeTask:
@@ -166,13 +170,6 @@ def init(config, rng: jax.Array, spec: tasks.Spec) -> GenerativeRegState:
       step=state.step, params=state.params, model_state=state.model_state,
       opt_state=state.opt_state, generator=generator, finder_params=finder_params,
       finder_opt_state=optax.adam(config.generative.finder_lr).init(finder_params))
-
-
-def start_from(state: GenerativeRegState, train_data, *, config, spec,
-               frozen=None) -> GenerativeRegState:
-  """Puts the trained generator (the task's `frozen_variables`) in place."""
-  del train_data, config, spec
-  return state if frozen is None else state.replace(generator=frozen)
 
 
 def synthetic_batch(config, spec: tasks.Spec, generator_variables, finder_params,

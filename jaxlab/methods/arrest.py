@@ -64,7 +64,7 @@ def init(config, rng: jax.Array, spec: tasks.Spec) -> ArrestState:
                      teacher_model_state=state.model_state)
 
 
-def start_from(state: ArrestState, train_data, *, config, spec, frozen=None) -> ArrestState:
+def start_from(state: ArrestState, train_data, *, config, spec) -> ArrestState:
   """The pretrained weights, already the starting point, become the frozen teacher too."""
   del train_data, config, spec
   return state.replace(teacher_params=state.params, teacher_model_state=state.model_state)

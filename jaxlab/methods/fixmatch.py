@@ -71,11 +71,9 @@ class FixMatchTask(tasks.SupervisedTask):
 
   def train_batch(self, data, key: jax.Array, step: jax.Array):
     batch = super().train_batch(data, key, step)
-    n = self._ssl.unlabeled_ratio * self.batch_size
-    indices = tasks.epoch_indices(jax.random.fold_in(key, 1), step, n,
-                                  data["unlabeled_label"].shape[0])
-    return {**batch, "unlabeled_image": augment.to_float(data["unlabeled_image"][indices]),
-            "unlabeled_label": data["unlabeled_label"][indices]}
+    images, labels = self.extra_batch(data, key, step, self._ssl.unlabeled_ratio *
+                                      self.batch_size, "unlabeled_image", "unlabeled_label")
+    return {**batch, "unlabeled_image": images, "unlabeled_label": labels}
 
 
 def check_ssl(config) -> None:

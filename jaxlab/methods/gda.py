@@ -4,6 +4,6 @@ u ~ N(0, I) and c uniform, from a frozen conditional generator (`generative.gene
 `generative.sampler="finder"` gives the GDA + MPS ablation. The step is `_generative_reg`'s.
 """
 
-from jaxlab.methods._generative_reg import eval_step, init, make_task, start_from, train_step
+from jaxlab.methods._generative_reg import eval_step, init, make_task, train_step
 
-__all__ = ["make_task", "init", "start_from", "train_step", "eval_step"]
+__all__ = ["make_task", "init", "train_step", "eval_step"]

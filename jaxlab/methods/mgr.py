@@ -5,6 +5,6 @@ classifier's one-step look-ahead validation loss (`jaxlab.meta.lookahead_gradien
 second order or finite differences). The step is `_generative_reg`'s.
 """
 
-from jaxlab.methods._generative_reg import eval_step, init, make_task, start_from, train_step
+from jaxlab.methods._generative_reg import eval_step, init, make_task, train_step
 
-__all__ = ["make_task", "init", "start_from", "train_step", "eval_step"]
+__all__ = ["make_task", "init", "train_step", "eval_step"]

@@ -27,12 +27,11 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from jaxlab.data import augment, tasks
+from jaxlab.data import tasks
 from jaxlab.errors import UserError, unknown
 from jaxlab.eval import generative
 from jaxlab.methods import erm, fixmatch
 from jaxlab.models import gan
-from jaxlab.train.checkpoint import load_pretrained
 from jaxlab.train.state import TrainState
 
 CONDITIONINGS = ("target", "uniform")
@@ -56,33 +55,27 @@ def _source_model(config):
 
 
 class PsslTask(tasks.SupervisedTask):
-  """The labeled target task; each batch adds mu * B target images (`target_image`) for the
-  source classifier to condition the generator on."""
+  """The labeled target task; each batch adds mu * B more of its training images
+  (`target_image`, unaugmented) for the source classifier to condition the generator on."""
 
   def __init__(self, config, num_devices: int = 1):
     self._config = config
     super().__init__(config, num_devices)
 
-  def train_arrays(self):
-    labeled = super().train_arrays()
-    return {**labeled, "target_image": labeled["image"]}
-
   def train_batch(self, data, key: jax.Array, step: jax.Array):
     batch = super().train_batch(data, key, step)
-    n = self._config.ssl.unlabeled_ratio * self.batch_size
-    indices = tasks.epoch_indices(jax.random.fold_in(key, 1), step, n,
-                                  data["target_image"].shape[0])
-    return {**batch, "target_image": augment.to_float(data["target_image"][indices])}
+    images, _ = self.extra_batch(data, key, step,
+                                 self._config.ssl.unlabeled_ratio * self.batch_size, "image")
+    return {**batch, "target_image": images}
 
   def frozen_variables(self):
     config, spec = self._config, self.spec
-    like = jax.eval_shape(lambda: gan.init_generator(_generator(config, spec),
-                                                     jax.random.key(0)))
-    generator = load_pretrained(config.pssl.generator, like, field="pssl.generator")
+    generator = generative.load_generator(_generator(config, spec), config.pssl.generator,
+                                          "pssl.generator")
     _, source = generative.load_classifier(config.pssl.source_classifier,
                                            tuple(spec.input_shape), config.pssl.source_classes,
                                            field="pssl.source_classifier")
-    return {"generator": generator, "source_classifier": source}
+    return {"generator": generator, "source_classifier": source}  # placed by the loop
 
 
 def make_task(config, num_devices: int = 1) -> PsslTask:
@@ -107,12 +100,6 @@ def init(config, rng: jax.Array, spec: tasks.Spec) -> PsslState:
                                       jnp.zeros((1,) + tuple(spec.input_shape)))
   return PsslState(step=state.step, params=state.params, model_state=state.model_state,
                    opt_state=state.opt_state, generator=generator, source_classifier=source)
-
-
-def start_from(state: PsslState, train_data, *, config, spec, frozen=None) -> PsslState:
-  """Puts the trained G_s and C_s (the task's `frozen_variables`) in place."""
-  del train_data, config, spec
-  return state if frozen is None else state.replace(**frozen)
 
 
 def source_conditions(config, state: PsslState, target_images: jax.Array,

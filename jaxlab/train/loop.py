@@ -8,8 +8,9 @@ What it does, in order:
      replicated on the mesh (from the weights of `config.init_from` when set: another
      run's workdir or an .npz, less the `init_skip` prefixes; a method whose state holds
      more, e.g. a frozen teacher, fills it in `start_from(state, train_data, *, config,
-     spec, frozen)`, called with the pretrained weights already in place and with the
-     task's `frozen_variables()`, weights read from elsewhere such as MGR's generator);
+     spec)`, called with the pretrained weights already in place; a task's optional
+     `frozen_variables()`, {state field: weights read from elsewhere} such as MGR's
+     generator, is put into those state fields first);
   4. runs the jitted step: the task draws the batch on device from
      `fold_in(data_key, step)`, the batch is sharded on `data`, the method
      updates the state with `fold_in(step_key, step)`; so a resumed run
@@ -177,8 +178,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     state, start = jax.jit(init, out_shardings=state_sharding)(init_key), 0
     if pretrained is not None or frozen is not None:
       extra = getattr(method, "start_from", lambda s, d, **_: s)
-      place = lambda s, p: s if p is None else _with_pretrained(s, p)
-      begin = lambda s, p, f, d: extra(place(s, p), d, config=config, spec=spec, frozen=f)
+      place = lambda s, p, f: (s if p is None else _with_pretrained(s, p)).replace(**(f or {}))
+      begin = lambda s, p, f, d: extra(place(s, p, f), d, config=config, spec=spec)
       state = jax.jit(begin, out_shardings=state_sharding)(state, pretrained, frozen, train_data)
   else:
     state, start = restored
