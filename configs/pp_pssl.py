@@ -59,6 +59,8 @@ def digits(method="pssl", n=10, conditioning="target", steps=2000):
   c.pssl = ml_collections.ConfigDict(dict(
       generator="", source_classifier="", source_classes=5, conditioning=conditioning,
       temperature=1.0))
+  c.kd = ml_collections.ConfigDict(dict(source_classifier="", source_classes=5,
+                                        temperature=4.0, weight=1.0))
   return c
 
 

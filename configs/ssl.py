@@ -1,11 +1,23 @@
-"""Semi-supervised presets: `fixmatch` with real unlabeled data, and its supervised-only
-baseline (`method=erm` on the same labeled subset); shared/methods/generative_and_finetuning.md
-§3 (the real-unlabeled oracle of §3(g)) and §4 (the SSL algorithm of P-SSL).
+"""Semi-supervised presets: `fixmatch` with real unlabeled data, `meta_gen_ssl` with
+meta-optimised generated ones, and their supervised-only baseline (`method=erm` on the same
+labeled subset); shared/methods/generative_and_finetuning.md §3 (and its real-unlabeled
+oracle, §3(g)) and §4 (the SSL algorithm of P-SSL).
 
   python -m jaxlab.main --config=configs/ssl.py:digits,labels=2 --workdir=runs/fixmatch_k2
   python -m jaxlab.main --config=configs/ssl.py:digits,method=erm,labels=2 --workdir=runs/sup_k2
 
-Presets (`:name[,method=fixmatch|erm][,labels=N]`, N labeled images per class, drawn with
+  python -m jaxlab.main --config=configs/ssl.py:digits,method=meta_gen_ssl,labels=2 \
+      --config.meta_gen_ssl.generator=runs/cgan --config.meta_gen_ssl.source_classifier=runs/c_s \
+      --workdir=runs/meta_gen_ssl_k2
+
+`meta_gen_ssl` (§3, no real unlabeled image) needs a `cgan` run on the generator's classes
+(configs/cgan.py:digits) and a classifier on them for the latents' pseudo-conditional
+initialisation (configs/erm.py:digits); pool of 10 latents per label, 64 synthetic images per
+step, the §3(d) [R] defaults (jaxlab/methods/meta_gen_ssl.py). Its non-meta arms:
+`--config.meta_gen_ssl.meta=False` (pseudo-conditional synthetic) and additionally
+`--config.meta_gen_ssl.latent_init=random` (random synthetic + the same consistency loss).
+
+Presets (`:name[,method=fixmatch|erm|meta_gen_ssl][,labels=N]`, N labeled images per class, drawn with
 split seed 42, the same subset for every seed):
   digits          §3(g): the embedded digits (1,438 training images), `labels` in {1, 2, 4, 10}
                   per class, the rest of the training split unlabeled (FixMatch uses the whole
@@ -45,7 +57,21 @@ def digits(method="fixmatch", labels=4, steps=3000):
   c.model = ml_collections.ConfigDict(dict(name="cnn", channels=(32, 64), norm="none",
                                            weight_init="flax"))
   c.aug.crop_padding = 1
-  return _ssl(c, method, labels, steps, eval_every=500)
+  c = _ssl(c, method, labels, steps, eval_every=500)
+  if method == "meta_gen_ssl":
+    _meta_gen_ssl(c, pool_size=10 * labels * 10, num_classes=10)
+  return c
+
+
+def _meta_gen_ssl(c, pool_size, num_classes):
+  """The generator (configs/cgan.py:digits' architecture) and the §3(d) [R] defaults."""
+  c.generator = ml_collections.ConfigDict(dict(latent_dim=8, width=64, discriminator_width=64))
+  c.meta_gen_ssl = ml_collections.ConfigDict(dict(
+      generator="", source_classifier="", source_classes=num_classes, pool_size=pool_size,
+      synthetic_batch=64, latent_init="pseudo_conditional", meta=True, weight=1.0, beta=1.0,
+      meta_weight=1.0, lr_u=1e-3, lr_a=1e-2, renormalise=True, target_view="weak",
+      unsup_stop_gradient=True, resemblance_encoder="classifier", meta_val="train",
+      hvp_mode="exact", fd_epsilon=0.01, lookahead_lr=0.0))
 
 
 def _cifar_like(name, method, labels, steps, model):

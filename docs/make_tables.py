@@ -39,6 +39,16 @@ MGR_ARMS = ["erm", "gda", "pcr", "mgr"]
 MGR_FRACTIONS = ["f0.05", "f0.1", "f0.25", "f1.0"]
 MGR_GAPS = ["gda-erm", "pcr-erm", "mgr-erm", "mgr-pcr"]
 
+SSL_ARMS = ["supervised", "random_synthetic", "pseudo_conditional", "meta_gen_ssl", "fixmatch"]
+SSL_K = ["k1", "k2", "k4", "k10"]
+SSL_GAPS = ["meta_gen_ssl-pseudo_conditional", "meta_gen_ssl-random_synthetic",
+            "pseudo_conditional-supervised", "random_synthetic-supervised",
+            "meta_gen_ssl-supervised", "meta_gen_ssl-fixmatch"]
+PP_ARMS = ["scratch", "kd", "pp", "pssl", "pp_pssl", "pp_pssl_uniform"]
+PP_N = ["n5", "n10", "n20"]
+PP_GAPS = ["pp_pssl-pp", "pp_pssl-pssl", "pp-scratch", "pssl-scratch", "kd-scratch",
+           "pp_pssl-kd", "pp_pssl-pp_pssl_uniform"]
+
 # Columns computed from a run's other test metrics (before scaling), for the runs that have
 # them: name -> (metrics needed, function of them). NRR is the harmonic mean of clean and
 # AA-lite accuracy (robustness_tta_merging.md §0.3).
@@ -110,6 +120,24 @@ TABLES = {
     "mgr_glyphs": ("mgr.md", "selected/test/accuracy", 100.0, MGR_ARMS, ["n15"]),
     "mgr_glyphs_gaps": ("mgr.md", "paired:selected/test/accuracy", 100.0, MGR_GAPS, ["n15"],
                         ("mgr_glyphs", "*")),
+    "ssl_generator": ("ssl.md", "quality/*", 1.0,
+                      ["frechet_distance", "sample_accuracy", "real_accuracy"], ["steps3000"],
+                      ("ssl_generator", "cgan")),
+    "ssl_digits": ("ssl.md", "test/accuracy", 100.0, SSL_ARMS, SSL_K),
+    "ssl_digits_gaps": ("ssl.md", "paired:test/accuracy", 100.0, SSL_GAPS, SSL_K,
+                        ("ssl_digits", "*")),
+    "ssl_digits_train": ("ssl.md", "train/*", 1.0,
+                         ["unsup", "meta/resemblance", "meta/lookahead_loss", "meta/grad_norm",
+                          "meta/anchor_class_agreement", "meta/condition_entropy"], SSL_K,
+                         ("ssl_digits", "meta_gen_ssl")),
+    "ssl_digits_fixmatch": ("ssl.md", "train/*", 1.0,
+                            ["mask_rate", "pseudo_label_accuracy"], SSL_K,
+                            ("ssl_digits", "fixmatch")),
+    "pp_pssl_digits": ("ssl.md", "selected/test/accuracy", 100.0, PP_ARMS, PP_N),
+    "pp_pssl_digits_gaps": ("ssl.md", "paired:selected/test/accuracy", 100.0, PP_GAPS, PP_N,
+                            ("pp_pssl_digits", "*")),
+    "pp_pssl_digits_train": ("ssl.md", "train/*", 1.0, ["mask_rate", "condition_entropy"],
+                             PP_N, ("pp_pssl_digits", "pp_pssl")),
 }
 
 

@@ -8,6 +8,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxlab
@@ -16,7 +17,7 @@ from jaxlab.data import augment
 from jaxlab.data.tasks import Spec
 from jaxlab.errors import UserError
 from jaxlab.methods import _generative_reg as core
-from jaxlab.methods import fixmatch, pssl
+from jaxlab.methods import fixmatch, kd, meta_gen_ssl, pssl
 
 
 def test_pseudo_label_loss_matches_numpy_and_stops_the_weak_gradient():
@@ -101,16 +102,23 @@ def test_bad_ssl_settings_are_one_line_errors():
 
 # -- PP + P-SSL (§4) ---------------------------------------------------------------------------
 
-def _pssl_config(tmp_path, **overrides):
-  """pssl on digits 5-9 with a random G_s and an untrained MLP C_s run directory."""
+def _source_classifier_run(tmp_path) -> str:
+  """An (untrained) MLP classifier run directory: config.json only; its weights come from
+  init in these tests."""
   source = tmp_path / "c_s"
   source.mkdir(exist_ok=True)
   (source / "config.json").write_text(json.dumps(
       {"model": {"name": "mlp", "hidden": [8], "norm": "none", "weight_init": "flax"}}))
+  return str(source)
+
+
+def _pssl_config(tmp_path, **overrides):
+  """pssl on digits 5-9 with a random G_s and an untrained MLP C_s run directory."""
+  source = _source_classifier_run(tmp_path)
   return jaxlab.load_config("configs/pp_pssl.py:digits,method=pssl,n=4", {
       "model.channels": (4, 6), "ssl.unlabeled_ratio": 2, "train.batch_size": 8,
       "generator.width": 8, "pssl.generator": str(tmp_path / "g_s_not_read"),
-      "pssl.source_classifier": str(source), **overrides})
+      "pssl.source_classifier": source, **overrides})
 
 
 def _target_images(n=12):
@@ -169,3 +177,146 @@ def test_pseudo_pretraining_ignores_the_real_batch():
   first = grads(batches[0])
   jax.tree.map(np.testing.assert_array_equal, first, grads(batches[1]))
   assert max(jax.tree.leaves(jax.tree.map(lambda g: float(jnp.abs(g).max()), first))) > 0
+
+
+# -- KD baseline of §4 ------------------------------------------------------------------------
+
+def test_kd_distils_the_source_posterior_through_its_own_head(tmp_path):
+  config = _pssl_config(tmp_path, **{"method": "kd",
+                                     "kd.source_classifier": _source_classifier_run(tmp_path)})
+  spec = Spec(input_shape=(8, 8, 1), num_classes=5)
+  rng = np.random.default_rng(0)
+  student, teacher = rng.normal(size=(16, 5)), rng.normal(scale=3.0, size=(16, 5))
+  t = 4.0
+  p = np.exp(teacher / t) / np.exp(teacher / t).sum(1, keepdims=True)
+  q = np.exp(student / t) / np.exp(student / t).sum(1, keepdims=True)
+  expected = t ** 2 * np.mean(np.sum(p * (np.log(p) - np.log(q)), 1))
+  np.testing.assert_allclose(kd.distillation_loss(jnp.asarray(student), jnp.asarray(teacher),
+                                                  t), expected, rtol=1e-5)
+  start = jax.jit(lambda key: kd.init(config, key, spec))(jax.random.key(0))
+  state, metrics = _train(config, steps=3)
+  assert float(metrics["kd"]) > 0
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, start.params)
+  assert min(jax.tree.leaves(moved)) > 0  # the target head and the distilling head both train
+  jax.tree.map(np.testing.assert_array_equal, state.source_classifier, start.source_classifier)
+  # the evaluated logits are the target head's: 5 target classes, kd_head ignored
+  logits = kd.eval_step(state, {"image": _target_images(4), "label": jnp.zeros(4, jnp.int32)},
+                        config=config, spec=spec)
+  assert logits["loss"].shape == (4,)
+
+
+# -- generative SSL with meta-optimised latents (§3) ------------------------------------------
+
+def _meta_gen_ssl_config(tmp_path, **overrides):
+  """meta_gen_ssl on digits with a random generator and an untrained MLP C_s run directory."""
+  source = _source_classifier_run(tmp_path)
+  return jaxlab.load_config("configs/ssl.py:digits,method=meta_gen_ssl,labels=1", {
+      "model.channels": (4, 6), "generator.width": 8, "train.batch_size": 6,
+      "meta_gen_ssl.synthetic_batch": 6, "meta_gen_ssl.pool_size": 10,
+      "meta_gen_ssl.generator": str(tmp_path / "g_not_read"),
+      "meta_gen_ssl.source_classifier": source, **overrides})
+
+
+LABELED = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)
+
+
+def _meta_gen_ssl_start(config, spec=Spec(input_shape=(8, 8, 1), num_classes=10)):
+  """(state after start_from on 4 labeled images, spec)."""
+  state = jax.jit(lambda key: meta_gen_ssl.init(config, key, spec))(jax.random.key(0))
+  return meta_gen_ssl.start_from(state, {"image": LABELED}, config=config, spec=spec), spec
+
+
+def _meta_batch(rows, n=6, seed=0):
+  rng = np.random.default_rng(seed)
+  images = lambda: jnp.asarray(rng.uniform(size=(n, 8, 8, 1)), jnp.float32)
+  return {"image": images(), "label": jnp.asarray(rng.integers(0, 10, n)),
+          "val_image": images(), "val_label": jnp.asarray(rng.integers(0, 10, n)),
+          "anchor_image": images(), "anchor_label": jnp.asarray(rng.integers(0, 10, n)),
+          "latent_index": jnp.asarray(rows)}
+
+
+def test_latent_meta_gradient_matches_central_differences_in_float64(tmp_path):
+  config = _meta_gen_ssl_config(tmp_path)
+  with jax.enable_x64(True):
+    state, spec = _meta_gen_ssl_start(config)
+    to64 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(
+        x.dtype, jnp.floating) else x, tree)
+    state, batch = to64(state), to64(_meta_batch(np.arange(6)))
+    nu = jax.tree.map(lambda x: x[:6], state.latents)
+    objective = jax.jit(lambda latents: meta_gen_ssl.meta_objective(
+        config, spec, state, batch, latents, jax.random.key(3), 0.1))
+    value, (val_loss, sim), grads = objective(nu)
+    assert float(val_loss) > 0 and float(sim) > 0  # both terms are in the objective
+    rng = np.random.default_rng(1)
+    for _ in range(3):  # directional derivatives along random directions of (u, a)
+      direction = {k: jnp.asarray(rng.normal(size=v.shape)) for k, v in nu.items()}
+      h = 1e-5
+      at = lambda s: float(objective({k: nu[k] + s * h * direction[k] for k in nu})[0])
+      numeric = (at(1.0) - at(-1.0)) / (2 * h)
+      analytic = sum(float(jnp.sum(grads[k] * direction[k])) for k in nu)
+      np.testing.assert_allclose(analytic, numeric, rtol=1e-4)
+      assert abs(analytic) > 1e-8
+    # the look-ahead term alone has a gradient of its own (not only L_sim's)
+    no_sim = _meta_gen_ssl_config(tmp_path, **{"meta_gen_ssl.beta": 0.0})
+    _, _, lookahead_grads = jax.jit(lambda latents: meta_gen_ssl.meta_objective(
+        no_sim, spec, state, batch, latents, jax.random.key(3), 0.1))(nu)
+    assert float(optax.tree.norm(lookahead_grads)) > 0
+
+
+def test_resemblance_loss_decreases_in_the_meta_phase_without_the_lookahead(tmp_path):
+  config = _meta_gen_ssl_config(tmp_path, **{"meta_gen_ssl.meta_weight": 0.0,
+                                             "meta_gen_ssl.lr_u": 0.2,
+                                             "meta_gen_ssl.lr_a": 0.2})
+  state, spec = _meta_gen_ssl_start(config)
+  start = state
+  # a = log C_s of each latent's anchor x_(j mod N): the pseudo-conditional initialisation
+  anchors = augment.to_float(jnp.asarray(LABELED))[np.arange(10) % 4]
+  source_logits = meta_gen_ssl._source_model(config).apply(state.source_classifier, anchors)
+  np.testing.assert_allclose(state.latents["a"], jax.nn.log_softmax(source_logits), rtol=1e-6)
+  batch = _meta_batch(np.arange(2, 8))
+  step = jax.jit(lambda s: meta_gen_ssl.meta_step(config, spec, s, batch, jax.random.key(1),
+                                                  0.1))
+  sims = []
+  for _ in range(15):
+    latents, opt_state, metrics = step(state)
+    state = state.replace(latents=latents, latent_opt_state=opt_state)
+    sims.append(float(metrics["meta/resemblance"]))
+  assert float(metrics["meta/lookahead_loss"]) == 0.0  # switched off
+  assert sims[-1] < 0.8 * sims[0], sims
+  np.testing.assert_allclose(np.linalg.norm(state.latents["u"], axis=-1), np.sqrt(8), rtol=1e-5)
+  outside = np.array([0, 1, 8, 9])  # rows never in nu_b: no gradient, no Adam movement
+  np.testing.assert_array_equal(state.latents["a"][outside], start.latents["a"][outside])
+  assert float(jnp.abs(state.latents["a"][2:8] - start.latents["a"][2:8]).max()) > 0.1
+
+
+def test_random_latent_init_is_one_hot_and_non_meta_training_keeps_the_latents(tmp_path):
+  config = _meta_gen_ssl_config(tmp_path, **{"meta_gen_ssl.latent_init": "random",
+                                             "meta_gen_ssl.meta": False})
+  state, spec = _meta_gen_ssl_start(config)
+  conditions = np.asarray(jax.nn.softmax(state.latents["a"]))
+  np.testing.assert_allclose(conditions.max(-1), 1.0, atol=1e-4)
+  step = jax.jit(lambda s: meta_gen_ssl.train_step(s, _meta_batch(np.arange(6)),
+                                                   jax.random.key(1), config=config, spec=spec))
+  after, metrics = step(state)
+  assert "meta/lookahead_loss" not in metrics and float(metrics["unsup"]) > 0
+  jax.tree.map(np.testing.assert_array_equal, after.latents, state.latents)
+  jax.tree.map(np.testing.assert_array_equal, after.generator, state.generator)
+  # L_u acts on the feature extractor only: the head's gradient is the labeled CE's alone
+  no_unsup = _meta_gen_ssl_config(tmp_path, **{"meta_gen_ssl.latent_init": "random",
+                                               "meta_gen_ssl.meta": False,
+                                               "meta_gen_ssl.weight": 0.0})
+  synthetic = jnp.asarray(np.random.default_rng(3).uniform(size=(6, 8, 8, 1)), jnp.float32)
+  head_grad = lambda c: jax.jit(jax.grad(lambda p: meta_gen_ssl.classifier_loss(
+      c, spec, state, p, _meta_batch(np.arange(6)), synthetic, jax.random.key(2))[0]))(
+          state.params)["head"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8),
+               head_grad(config), head_grad(no_unsup))
+
+
+def test_bad_meta_gen_ssl_settings_are_one_line_errors(tmp_path):
+  with pytest.raises(UserError, match="unknown meta_gen_ssl.latent_init 'zeros'; valid "
+                                      "choices: pseudo_conditional, random"):
+    meta_gen_ssl.make_task(_meta_gen_ssl_config(tmp_path, **{"meta_gen_ssl.latent_init":
+                                                             "zeros"}))
+  with pytest.raises(UserError, match="pool_size=4 must be >= meta_gen_ssl.synthetic_batch=6"):
+    meta_gen_ssl.make_task(_meta_gen_ssl_config(tmp_path, **{"meta_gen_ssl.pool_size": 4}))

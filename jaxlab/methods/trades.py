@@ -24,17 +24,11 @@ init = erm.init
 eval_step = erm.eval_step
 
 
-def _kl(logits_p, logits_q):
-  """sum over classes of KL(softmax(p) || softmax(q)), per example."""
-  log_p, log_q = jax.nn.log_softmax(logits_p), jax.nn.log_softmax(logits_q)
-  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-
-
 def inner_maximisation(state: TrainState, x, rng, *, config, spec):
   a = config.adv
   f = pgd_at.logits_fn(state, config, spec)
   clean = jax.lax.stop_gradient(f(x))
-  grad_kl = jax.grad(lambda z: _kl(clean, f(z)).sum())
+  grad_kl = jax.grad(lambda z: losses.kl_divergence(clean, f(z)).sum())
 
   def body(_, x_adv):
     return attacks.project_linf(x_adv + a.step_size * jnp.sign(grad_kl(x_adv)), x, a.train_eps)
@@ -58,7 +52,7 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.
         {"params": params, **model_state}, x_adv, train=True,
         mutable=list(state.model_state), rngs={"dropout": dropout_rng})
     ce = losses.cross_entropy(natural, y).mean()
-    robust = _kl(natural, adversarial).sum() / x.shape[0]
+    robust = losses.kl_divergence(natural, adversarial).sum() / x.shape[0]
     return ce + config.adv.beta * robust, (natural, ce, robust, dict(model_state))
 
   (loss, (logits, ce, robust, model_state)), grads = jax.value_and_grad(

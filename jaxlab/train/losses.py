@@ -18,6 +18,12 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
 
 
+def kl_divergence(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
+  """Per-example KL(softmax(logits_p) || softmax(logits_q)), summed over classes."""
+  log_p, log_q = jax.nn.log_softmax(logits_p), jax.nn.log_softmax(logits_q)
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
 def logit_margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example z_y - max_{k != y} z_k (negative when misclassified)."""
   z_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
