@@ -136,6 +136,12 @@ TABLES = {
     "pp_pssl_digits": ("ssl.md", "selected/test/accuracy", 100.0, PP_ARMS, PP_N),
     "pp_pssl_digits_gaps": ("ssl.md", "paired:selected/test/accuracy", 100.0, PP_GAPS, PP_N,
                             ("pp_pssl_digits", "*")),
+    "pp_pssl_digits_final": ("ssl.md", "test/accuracy", 100.0, PP_ARMS, PP_N,
+                             ("pp_pssl_digits", "*")),
+    "pp_pssl_digits_final_gaps": ("ssl.md", "paired:test/accuracy", 100.0, PP_GAPS, PP_N,
+                                  ("pp_pssl_digits", "*")),
+    "pp_pssl_digits_selected_step": ("ssl.md", "selected/step", 1.0, PP_ARMS, PP_N,
+                                     ("pp_pssl_digits", "*")),
     "pp_pssl_digits_train": ("ssl.md", "train/*", 1.0, ["mask_rate", "condition_entropy"],
                              PP_N, ("pp_pssl_digits", "pp_pssl")),
 }
