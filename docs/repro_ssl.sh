@@ -16,7 +16,8 @@
 #                       synthetic arms' 64 generated ones
 # Writes RUNS/ssl_digits/<arm>/k<k>/seed<s>/results.json and
 # RUNS/ssl_generator/cgan/steps3000/seed0/results.json; then docs/make_tables.py.
-#   RUNS=runs JOBS=2 bash docs/repro_ssl.sh          (SEEDS="0 1" for fewer)
+#   RUNS=runs JOBS=2 bash docs/repro_ssl.sh          (SEEDS="0 1" for fewer; KS="1 2" for
+#                                                    fewer label budgets)
 SEEDS=${SEEDS:-"0 1 2 3 4 5 6 7 8 9"}
 source "$(dirname "$0")/repro_common.sh"
 classifier="$RUNS/ssl_source/classifier"
