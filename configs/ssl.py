@@ -31,6 +31,12 @@ split seed 42, the same subset for every seed):
   cifar10         TFDS cifar10 (prepare it first), `labels` per class (4 / 25 / 400 = the
                   40 / 250 / 4,000-label settings), WRN-28-2, SGD-Nesterov 0.03 cosine, weight
                   decay 5e-4, 2^20 steps in the paper (`steps` default 2^20), strong as above.
+  cifar100        the same on TFDS cifar100 with WRN-28-8, `labels` 4 / 25 / 100 (400 / 2,500 /
+                  10,000 labels).
+With `method=meta_gen_ssl` these presets expect a user-supplied generator run (a jaxlab
+`cgan` workdir: configs/cgan.py:cifar10 / cifar100 / glyphs_color32, or one trained on
+another "foundation" dataset with `meta_gen_ssl.source_classes` set to its classes) and a
+classifier run on the generator's classes for the latents' initialisation.
 """
 
 import ml_collections
@@ -63,9 +69,11 @@ def digits(method="fixmatch", labels=4, steps=3000):
   return c
 
 
-def _meta_gen_ssl(c, pool_size, num_classes):
-  """The generator (configs/cgan.py:digits' architecture) and the §3(d) [R] defaults."""
-  c.generator = ml_collections.ConfigDict(dict(latent_dim=8, width=64, discriminator_width=64))
+def _meta_gen_ssl(c, pool_size, num_classes, latent_dim=8, width=64):
+  """The generator (the matching configs/cgan.py preset's architecture; a generator on other
+  classes needs `meta_gen_ssl.source_classes`) and the §3(d) [R] defaults."""
+  c.generator = ml_collections.ConfigDict(dict(latent_dim=latent_dim, width=width,
+                                               discriminator_width=width))
   c.meta_gen_ssl = ml_collections.ConfigDict(dict(
       generator="", source_classifier="", source_classes=num_classes, pool_size=pool_size,
       synthetic_batch=64, latent_init="pseudo_conditional", meta=True, weight=1.0, beta=1.0,
@@ -74,7 +82,7 @@ def _meta_gen_ssl(c, pool_size, num_classes):
       hvp_mode="exact", fd_epsilon=0.01, lookahead_lr=0.0))
 
 
-def _cifar_like(name, method, labels, steps, model):
+def _cifar_like(name, method, labels, steps, model, num_classes, latent_dim):
   c = base_config()
   c.data.name = name
   c.model = ml_collections.ConfigDict(dict(norm="batch_norm",
@@ -85,15 +93,23 @@ def _cifar_like(name, method, labels, steps, model):
   c.aug.flip = True
   c = _ssl(c, method, labels, steps, eval_every=max(1, steps // 20))
   c.ssl.strong_cutout = 16
+  if method == "meta_gen_ssl":
+    _meta_gen_ssl(c, pool_size=10 * labels * num_classes, num_classes=num_classes,
+                  latent_dim=latent_dim, width=128)
   return c
 
 
 PRESETS = {
     "digits": digits,
     "glyphs_color32": lambda method="fixmatch", labels=4, steps=20000: _cifar_like(
-        "glyphs/color32", method, labels, steps, dict(name="resnet18", width=64, stem="cifar")),
+        "glyphs/color32", method, labels, steps, dict(name="resnet18", width=64, stem="cifar"),
+        num_classes=2359, latent_dim=64),
     "cifar10": lambda method="fixmatch", labels=25, steps=2 ** 20: _cifar_like(
-        "cifar10", method, labels, steps, dict(name="wide_resnet", depth=28, widen=2)),
+        "cifar10", method, labels, steps, dict(name="wide_resnet", depth=28, widen=2),
+        num_classes=10, latent_dim=128),
+    "cifar100": lambda method="fixmatch", labels=25, steps=2 ** 20: _cifar_like(
+        "cifar100", method, labels, steps, dict(name="wide_resnet", depth=28, widen=8),
+        num_classes=100, latent_dim=128),
 }
 
 
