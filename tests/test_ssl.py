@@ -130,10 +130,10 @@ def test_a_one_hot_posterior_conditions_the_generator_as_its_hard_class(tmp_path
   spec = Spec(input_shape=(8, 8, 1), num_classes=5)
   state = jax.jit(lambda key: pssl.init(config, key, spec))(jax.random.key(0))
   x_t = _target_images()
-  logits = pssl._source_model(config).apply(state.source_classifier, x_t)
+  logits = pssl.source_model(config).apply(state.source_classifier, x_t)
   c = pssl.source_conditions(config, state, x_t, jax.random.key(1))
   np.testing.assert_array_equal(c, jax.nn.one_hot(jnp.argmax(logits, -1), 5))
-  generator = pssl._generator(config, spec)
+  generator = pssl.generator_model(config, spec)
   z = jax.random.normal(jax.random.key(2), (12, 8))
   hard = generator.apply(state.generator, z, jax.nn.one_hot(jnp.argmax(logits, -1), 5))
   np.testing.assert_array_equal(generator.apply(state.generator, z, c), hard)
@@ -271,7 +271,8 @@ def test_resemblance_loss_decreases_in_the_meta_phase_without_the_lookahead(tmp_
   start = state
   # a = log C_s of each latent's anchor x_(j mod N): the pseudo-conditional initialisation
   anchors = augment.to_float(jnp.asarray(LABELED))[np.arange(10) % 4]
-  source_logits = meta_gen_ssl._source_model(config).apply(state.source_classifier, anchors)
+  source_logits = pssl.source_model(config, "meta_gen_ssl").apply(state.source_classifier,
+                                                                  anchors)
   np.testing.assert_allclose(state.latents["a"], jax.nn.log_softmax(source_logits), rtol=1e-6)
   batch = _meta_batch(np.arange(2, 8))
   step = jax.jit(lambda s: meta_gen_ssl.meta_step(config, spec, s, batch, jax.random.key(1),

@@ -70,17 +70,17 @@ def make_task(config, num_devices: int = 1) -> KdTask:
 
 
 def init(config, rng: jax.Array, spec: tasks.Spec) -> KdState:
+  """erm's state with the distilling head added to the parameters (and the optimiser)."""
+  state = erm.init(config, rng, spec)
   model = models.build(config.model, spec.num_classes)
   x = jnp.zeros((2,) + tuple(spec.input_shape))
-  variables = model.init(rng, x, train=False)
-  params = dict(variables.pop("params"))
   _, features, _ = jax.eval_shape(lambda: models.logits_and_features(
-      model, {"params": params, **variables}, x, train=False))
-  params["kd_head"] = nn.Dense(config.kd.source_classes).init(
-      jax.random.fold_in(rng, 1), jnp.zeros((1, features.shape[-1])))["params"]
+      model, {"params": state.params, **state.model_state}, x, train=False))
+  params = {**state.params, "kd_head": nn.Dense(config.kd.source_classes).init(
+      jax.random.fold_in(rng, 1), jnp.zeros((1, features.shape[-1])))["params"]}
   source = _source_model(config).init(jax.random.fold_in(rng, 2), x)
   tx = optim.make_optimizer(config.optimizer, config.train.steps)
-  return KdState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
+  return KdState(step=state.step, params=params, model_state=state.model_state,
                  opt_state=tx.init(params), source_classifier=source)
 
 

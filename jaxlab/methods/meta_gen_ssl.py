@@ -49,9 +49,7 @@ import optax
 from jaxlab import meta, models
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError, unknown
-from jaxlab.eval import generative
 from jaxlab.methods import erm, fixmatch, pssl
-from jaxlab.models import gan
 from jaxlab.train import losses, optim
 
 LATENT_INITS = ("pseudo_conditional", "random")
@@ -68,15 +66,7 @@ class MetaGenSslState(pssl.PsslState):  # + the frozen `generator` and `source_c
   latent_opt_state: Any
 
 
-def _generator(config, spec: tasks.Spec) -> gan.ConditionalGenerator:
-  return gan.build_generator(config.generator, config.meta_gen_ssl.source_classes,
-                             spec.input_shape)
-
-
-def _source_model(config):
-  return generative.classifier_model(config.meta_gen_ssl.source_classifier,
-                                     config.meta_gen_ssl.source_classes,
-                                     "meta_gen_ssl.source_classifier")
+BLOCK = "meta_gen_ssl"  # the config block naming the frozen generator and C_s (pssl's helpers)
 
 
 def _latent_optimizer(config) -> optax.GradientTransformation:
@@ -86,8 +76,9 @@ def _latent_optimizer(config) -> optax.GradientTransformation:
 
 
 class MetaGenSslTask(tasks.SupervisedTask):
-  """The labeled task; each batch adds `latent_index` (the pool rows of nu_b), their anchor
-  images and labels, and with `meta` a second labeled (or validation) batch for L_val."""
+  """The labeled task; each batch adds `latent_index` (the pool rows of nu_b) and their
+  anchors' labels, and with `meta` the anchor images and a second labeled (or validation)
+  batch for L_val."""
 
   def __init__(self, config, num_devices: int = 1):
     self._config = config
@@ -106,22 +97,16 @@ class MetaGenSslTask(tasks.SupervisedTask):
     batch = super().train_batch(data, key, step)
     rows = tasks.epoch_indices(jax.random.fold_in(key, 2), step, m.synthetic_batch, m.pool_size)
     anchors = rows % data["image"].shape[0]
-    batch.update(latent_index=rows, anchor_image=augment.to_float(data["image"][anchors]),
-                 anchor_label=data["label"][anchors])
-    if m.meta:
+    batch.update(latent_index=rows, anchor_label=data["label"][anchors])
+    if m.meta:  # the resemblance term's anchors and L_val's batch
+      batch["anchor_image"] = augment.to_float(data["image"][anchors])
       keys = ("val_image", "val_label") if m.meta_val == "validation" else ("image", "label")
       images, labels = self.extra_batch(data, key, step, self.batch_size, *keys)
       batch.update(val_image=images, val_label=labels)
     return batch
 
   def frozen_variables(self):
-    config, m = self._config, self._config.meta_gen_ssl
-    generator = generative.load_generator(_generator(config, self.spec), m.generator,
-                                          "meta_gen_ssl.generator")
-    _, source = generative.load_classifier(m.source_classifier, tuple(self.spec.input_shape),
-                                           m.source_classes,
-                                           field="meta_gen_ssl.source_classifier")
-    return {"generator": generator, "source_classifier": source}  # placed by the loop
+    return pssl.load_frozen(self._config, self.spec, BLOCK)  # placed by the loop
 
 
 def make_task(config, num_devices: int = 1) -> MetaGenSslTask:
@@ -134,11 +119,7 @@ def make_task(config, num_devices: int = 1) -> MetaGenSslTask:
                                 ("hvp_mode", m.hvp_mode, meta.HVP_MODES)):
     if value not in choices:
       raise unknown(f"meta_gen_ssl.{field}", value, choices)
-  for field in ("generator", "source_classifier"):
-    if not m[field]:
-      raise UserError(f"meta_gen_ssl needs meta_gen_ssl.{field}: the workdir of a "
-                      + ("cgan run" if field == "generator" else "classifier run")
-                      + " on the generator's classes (see configs/ssl.py)")
+  pssl.check_frozen_runs(config, BLOCK, "the generator's classes", "configs/ssl.py")
   if m.pool_size < m.synthetic_batch:
     raise UserError(f"meta_gen_ssl.pool_size={m.pool_size} must be >= "
                     f"meta_gen_ssl.synthetic_batch={m.synthetic_batch}")
@@ -150,18 +131,16 @@ def make_task(config, num_devices: int = 1) -> MetaGenSslTask:
 
 
 def init(config, rng: jax.Array, spec: tasks.Spec) -> MetaGenSslState:
-  """Placeholder latents of the right shapes; `start_from` sets them from the labeled images."""
+  """Placeholder latents of the right shapes; `start_from` sets them from the labeled images
+  (Adam's initial state depends on the shapes only, so it is final here)."""
   m = config.meta_gen_ssl
   state = erm.init(config, rng, spec)
-  generator = gan.init_generator(_generator(config, spec), jax.random.fold_in(rng, 1))
-  source = _source_model(config).init(jax.random.fold_in(rng, 2),
-                                      jnp.zeros((1,) + tuple(spec.input_shape)))
   latents = {"u": jnp.zeros((m.pool_size, config.generator.latent_dim)),
              "a": jnp.zeros((m.pool_size, m.source_classes))}
   return MetaGenSslState(step=state.step, params=state.params, model_state=state.model_state,
-                         opt_state=state.opt_state, generator=generator,
-                         source_classifier=source, latents=latents,
-                         latent_opt_state=_latent_optimizer(config).init(latents))
+                         opt_state=state.opt_state, latents=latents,
+                         latent_opt_state=_latent_optimizer(config).init(latents),
+                         **pssl.frozen_placeholders(config, rng, spec, BLOCK))
 
 
 def renormalise(u: jax.Array) -> jax.Array:
@@ -184,22 +163,21 @@ def initial_latents(config, state: MetaGenSslState, labeled_images: jax.Array,
     a = jnp.log(jnp.maximum(jax.nn.one_hot(labels, m.source_classes), 1e-6))
   else:
     anchors = labeled_images[jnp.arange(m.pool_size) % labeled_images.shape[0]]
-    logits = _source_model(config).apply(state.source_classifier, anchors, train=False)
+    logits = pssl.source_model(config, BLOCK).apply(state.source_classifier, anchors, train=False)
     a = jax.nn.log_softmax(logits)
   return {"u": u, "a": a}
 
 
 def start_from(state: MetaGenSslState, train_data, *, config, spec: tasks.Spec):
   """The pool's initial latents, once the frozen C_s is in place (keyed by config.seed)."""
-  latents = initial_latents(config, state, augment.to_float(train_data["image"]),
-                            jax.random.fold_in(jax.random.key(config.seed), 3))
-  return state.replace(latents=latents,
-                       latent_opt_state=_latent_optimizer(config).init(latents))
+  return state.replace(latents=initial_latents(
+      config, state, augment.to_float(train_data["image"]),
+      jax.random.fold_in(jax.random.key(config.seed), 3)))
 
 
 def synthesize(config, spec: tasks.Spec, generator_variables, latents) -> jax.Array:
   """G(u, softmax(a)) for a batch of latents; differentiable in them."""
-  return _generator(config, spec).apply(generator_variables, latents["u"],
+  return pssl.generator_model(config, spec, BLOCK).apply(generator_variables, latents["u"],
                                         jax.nn.softmax(latents["a"]), train=False)
 
 
@@ -246,7 +224,7 @@ def classifier_loss(config, spec, state: MetaGenSslState, params, batch, synthet
 def resemblance_loss(config, spec, state: MetaGenSslState, synthetic, anchors) -> jax.Array:
   """L_sim: mean 1 - cos(e(x_j), e(x_pi(j))) with e a frozen encoder (no gradient to it)."""
   if config.meta_gen_ssl.resemblance_encoder == "source":
-    model, variables = _source_model(config), state.source_classifier
+    model, variables = pssl.source_model(config, BLOCK), state.source_classifier
   else:
     model = models.build(config.model, spec.num_classes)
     variables = {"params": state.params, **state.model_state}
@@ -329,8 +307,7 @@ def train_step(state: MetaGenSslState, batch, rng: jax.Array, *, config, spec: t
       # generator's classes are the task's (the §3(g) digits setting)
       "meta/anchor_class_agreement": (jnp.argmax(conditions, -1)
                                       == batch["anchor_label"]).mean(),
-      "meta/condition_entropy": -(conditions * jnp.log(jnp.clip(conditions, 1e-12))).sum(
-          -1).mean()})
+      "meta/condition_entropy": losses.entropy(conditions).mean()})
   return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                        model_state=model_state, opt_state=opt_state, latents=latents,
                        latent_opt_state=latent_opt_state), metrics

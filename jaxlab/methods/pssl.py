@@ -32,6 +32,7 @@ from jaxlab.errors import UserError, unknown
 from jaxlab.eval import generative
 from jaxlab.methods import erm, fixmatch
 from jaxlab.models import gan
+from jaxlab.train import losses
 from jaxlab.train.state import TrainState
 
 CONDITIONINGS = ("target", "uniform")
@@ -45,13 +46,47 @@ class PsslState(TrainState):
   source_classifier: Any   # frozen variables of C_s
 
 
-def _generator(config, spec: tasks.Spec) -> gan.ConditionalGenerator:
-  return gan.build_generator(config.generator, config.pssl.source_classes, spec.input_shape)
+# The frozen pair (G_s, C_s) is read from a config block (`pssl` here, `meta_gen_ssl` in §3's
+# method) with the fields generator, source_classifier and source_classes; these helpers
+# serve both methods.
+
+def generator_model(config, spec: tasks.Spec, block: str = "pssl") -> gan.ConditionalGenerator:
+  return gan.build_generator(config.generator, config[block].source_classes, spec.input_shape)
 
 
-def _source_model(config):
-  return generative.classifier_model(config.pssl.source_classifier,
-                                     config.pssl.source_classes, "pssl.source_classifier")
+def source_model(config, block: str = "pssl"):
+  b = config[block]
+  return generative.classifier_model(b.source_classifier, b.source_classes,
+                                     f"{block}.source_classifier")
+
+
+def check_frozen_runs(config, block: str, classes: str, presets: str) -> None:
+  """One-line errors when config.<block> lacks the generator or source-classifier run."""
+  for field in ("generator", "source_classifier"):
+    if not config[block][field]:
+      raise UserError(f"{block} needs {block}.{field}: the workdir of a "
+                      + ("cgan run" if field == "generator" else "classifier run")
+                      + f" on {classes} (see {presets})")
+
+
+def frozen_placeholders(config, rng: jax.Array, spec: tasks.Spec, block: str = "pssl"):
+  """{"generator", "source_classifier"}: freshly initialised variables of the frozen pair's
+  shapes, replaced by the trained ones (`load_frozen`) when the run starts."""
+  generator = gan.init_generator(generator_model(config, spec, block),
+                                 jax.random.fold_in(rng, 1))
+  source = source_model(config, block).init(jax.random.fold_in(rng, 2),
+                                            jnp.zeros((1,) + tuple(spec.input_shape)))
+  return {"generator": generator, "source_classifier": source}
+
+
+def load_frozen(config, spec: tasks.Spec, block: str = "pssl"):
+  """{"generator", "source_classifier"}: the trained variables of config.<block>'s runs."""
+  b = config[block]
+  generator = generative.load_generator(generator_model(config, spec, block), b.generator,
+                                        f"{block}.generator")
+  _, source = generative.load_classifier(b.source_classifier, tuple(spec.input_shape),
+                                         b.source_classes, field=f"{block}.source_classifier")
+  return {"generator": generator, "source_classifier": source}
 
 
 class PsslTask(tasks.SupervisedTask):
@@ -69,24 +104,14 @@ class PsslTask(tasks.SupervisedTask):
     return {**batch, "target_image": images}
 
   def frozen_variables(self):
-    config, spec = self._config, self.spec
-    generator = generative.load_generator(_generator(config, spec), config.pssl.generator,
-                                          "pssl.generator")
-    _, source = generative.load_classifier(config.pssl.source_classifier,
-                                           tuple(spec.input_shape), config.pssl.source_classes,
-                                           field="pssl.source_classifier")
-    return {"generator": generator, "source_classifier": source}  # placed by the loop
+    return load_frozen(self._config, self.spec)  # placed by the loop
 
 
 def make_task(config, num_devices: int = 1) -> PsslTask:
   p = config.pssl
   if p.conditioning not in CONDITIONINGS:
     raise unknown("pssl.conditioning", p.conditioning, CONDITIONINGS)
-  for field in ("generator", "source_classifier"):
-    if not p[field]:
-      raise UserError(f"pssl needs pssl.{field}: the workdir of a "
-                      + ("cgan run" if field == "generator" else "classifier run")
-                      + " on the source classes (see configs/pp_pssl.py)")
+  check_frozen_runs(config, "pssl", "the source classes", "configs/pp_pssl.py")
   if not p.temperature > 0:
     raise UserError(f"pssl.temperature={p.temperature} must be > 0")
   fixmatch.check_ssl(config)
@@ -95,11 +120,8 @@ def make_task(config, num_devices: int = 1) -> PsslTask:
 
 def init(config, rng: jax.Array, spec: tasks.Spec) -> PsslState:
   state = erm.init(config, rng, spec)
-  generator = gan.init_generator(_generator(config, spec), jax.random.fold_in(rng, 1))
-  source = _source_model(config).init(jax.random.fold_in(rng, 2),
-                                      jnp.zeros((1,) + tuple(spec.input_shape)))
   return PsslState(step=state.step, params=state.params, model_state=state.model_state,
-                   opt_state=state.opt_state, generator=generator, source_classifier=source)
+                   opt_state=state.opt_state, **frozen_placeholders(config, rng, spec))
 
 
 def source_conditions(config, state: PsslState, target_images: jax.Array,
@@ -110,7 +132,7 @@ def source_conditions(config, state: PsslState, target_images: jax.Array,
   if p.conditioning == "uniform":
     labels = jax.random.randint(rng, (target_images.shape[0],), 0, p.source_classes)
     return jax.nn.one_hot(labels, p.source_classes)
-  logits = _source_model(config).apply(state.source_classifier, target_images, train=False)
+  logits = source_model(config).apply(state.source_classifier, target_images, train=False)
   return jax.nn.softmax(logits / p.temperature)
 
 
@@ -120,7 +142,7 @@ def pseudo_samples(config, spec: tasks.Spec, state: PsslState, target_images: ja
   cond_key, z_key = jax.random.split(rng)
   c = source_conditions(config, state, target_images, cond_key)
   z = jax.random.normal(z_key, (target_images.shape[0], config.generator.latent_dim))
-  images = _generator(config, spec).apply(state.generator, z, c, train=False)
+  images = generator_model(config, spec).apply(state.generator, z, c, train=False)
   return jax.lax.stop_gradient(images), c
 
 
@@ -128,5 +150,4 @@ def train_step(state: PsslState, batch, rng: jax.Array, *, config, spec: tasks.S
   sample_key, step_key = jax.random.split(rng)
   images, c = pseudo_samples(config, spec, state, batch["target_image"], sample_key)
   state, metrics = fixmatch.ssl_step(state, batch, images, step_key, config=config, spec=spec)
-  entropy = -(c * jnp.log(jnp.clip(c, 1e-12))).sum(-1).mean()
-  return state, {**metrics, "condition_entropy": entropy}
+  return state, {**metrics, "condition_entropy": losses.entropy(c).mean()}

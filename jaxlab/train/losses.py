@@ -24,6 +24,11 @@ def kl_divergence(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
   return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
+def entropy(probs: jax.Array) -> jax.Array:
+  """Per-row Shannon entropy (nats) of probability vectors."""
+  return -(probs * jnp.log(jnp.clip(probs, 1e-12))).sum(-1)
+
+
 def logit_margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example z_y - max_{k != y} z_k (negative when misclassified)."""
   z_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
