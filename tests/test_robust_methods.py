@@ -97,7 +97,7 @@ def test_noisy_replay_swaps_exactly_the_drifted_examples_for_noise_inside_the_ba
   clean = model.apply({"params": state.params}, x, return_features=True)
   # a teacher whose features agree with the student's on the first half of the batch only
   teacher = clean.at[16:].set(jnp.roll(clean[16:], 1, axis=-1) + 1.0)
-  drift = np.asarray(arrest._cosine(clean, teacher))  # pylint: disable=protected-access
+  drift = np.asarray(losses.cosine_similarity(clean, teacher))
   config.arrest.nr_threshold = float(np.sort(drift)[15] + 1e-4)  # between the two halves
   chosen, switch, _ = arrest.noisy_replay(state, x, x_adv, teacher, jax.random.key(4),
                                           config=config, spec=spec)

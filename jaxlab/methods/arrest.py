@@ -70,16 +70,12 @@ def start_from(state: ArrestState, train_data, *, config, spec) -> ArrestState:
   return state.replace(teacher_params=state.params, teacher_model_state=state.model_state)
 
 
-def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
-  return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-12)
-
-
 def distance(student: jax.Array, teacher: jax.Array, kind: str) -> jax.Array:
   """Per-example representation distance d(student, teacher) of the RGKD term."""
   if kind == "one_minus_cos":
-    return 1.0 - _cosine(student, teacher)
+    return 1.0 - losses.cosine_similarity(student, teacher)
   if kind == "angle":  # clipped so the gradient of arccos stays finite at cos = +-1
-    return jnp.arccos(jnp.clip(_cosine(student, teacher), -1.0 + 1e-6, 1.0 - 1e-6))
+    return jnp.arccos(jnp.clip(losses.cosine_similarity(student, teacher), -1.0 + 1e-6, 1.0 - 1e-6))
   if kind == "l2":
     return jnp.linalg.norm(student - teacher, axis=-1)
   if kind == "l2_on_normalized":
@@ -98,7 +94,7 @@ def noisy_replay(state: ArrestState, x, x_adv, teacher_features, rng, *, config,
   """(training inputs, switched mask, drift cosine): NR's replacement of drifted examples."""
   a, eps = config.arrest, config.adv.train_eps
   model = models.build(config.model, spec.num_classes)
-  drift = _cosine(_features(model, state.params, state.model_state, x), teacher_features)
+  drift = losses.cosine_similarity(_features(model, state.params, state.model_state, x), teacher_features)
   switch = drift < a.nr_threshold
   if a.nr_scope == "per_batch":
     switch = jnp.broadcast_to(drift.mean() < a.nr_threshold, drift.shape)
@@ -124,7 +120,7 @@ def train_step(state: ArrestState, batch, rng: jax.Array, *, config, spec: tasks
                                           spec=spec)
   else:  # the drift is still logged: it is what RGKD is meant to keep high
     x_train, switch = x_adv, jnp.zeros(y.shape, bool)
-    drift = _cosine(_features(model, state.params, state.model_state, x), teacher)
+    drift = losses.cosine_similarity(_features(model, state.params, state.model_state, x), teacher)
   mutable = list(state.model_state)
 
   def loss_fn(params):
@@ -154,7 +150,7 @@ def eval_step(state: ArrestState, batch, *, config, spec: tasks.Spec):
   metrics = erm.eval_step(state, batch, config=config, spec=spec)
   model = models.build(config.model, spec.num_classes)
   x = batch["image"]
-  metrics["feature_cosine"] = _cosine(
+  metrics["feature_cosine"] = losses.cosine_similarity(
       _features(model, state.params, state.model_state, x),
       _features(model, state.teacher_params, state.teacher_model_state, x))
   return metrics

@@ -183,9 +183,7 @@ def synthesize(config, spec: tasks.Spec, generator_variables, latents) -> jax.Ar
 
 def cosine_distance(a: jax.Array, b: jax.Array) -> jax.Array:
   """Per-row 1 - cos(a, b)."""
-  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-8)
-  b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-8)
-  return 1.0 - jnp.sum(a * b, axis=-1)
+  return 1.0 - losses.cosine_similarity(a, b)
 
 
 def unsupervised_loss(config, features_fn, params, images: jax.Array,

@@ -24,6 +24,11 @@ def kl_divergence(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
   return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
+def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Per-row cos(a, b) over the last axis (0 when either row is zero)."""
+  return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-12)
+
+
 def entropy(probs: jax.Array) -> jax.Array:
   """Per-row Shannon entropy (nats) of probability vectors."""
   return -(probs * jnp.log(jnp.clip(probs, 1e-12))).sum(-1)
