@@ -27,8 +27,7 @@ import optax
 from jaxlab import models
 from jaxlab.data import tasks
 from jaxlab.errors import UserError
-from jaxlab.eval import generative
-from jaxlab.methods import erm
+from jaxlab.methods import erm, pssl
 from jaxlab.train import losses, optim
 from jaxlab.train.state import TrainState
 
@@ -40,11 +39,6 @@ class KdState(TrainState):
   source_classifier: Any   # frozen variables of C_s
 
 
-def _source_model(config):
-  return generative.classifier_model(config.kd.source_classifier, config.kd.source_classes,
-                                     "kd.source_classifier")
-
-
 class KdTask(tasks.SupervisedTask):
   """The supervised task plus C_s's weights (`frozen_variables`, placed by the loop)."""
 
@@ -53,17 +47,13 @@ class KdTask(tasks.SupervisedTask):
     super().__init__(config, num_devices)
 
   def frozen_variables(self):
-    k = self._config.kd
-    _, source = generative.load_classifier(k.source_classifier, tuple(self.spec.input_shape),
-                                           k.source_classes, field="kd.source_classifier")
-    return {"source_classifier": source}
+    return {"source_classifier": pssl.load_source_classifier(self._config, self.spec, "kd")}
 
 
 def make_task(config, num_devices: int = 1) -> KdTask:
   k = config.kd
-  if not k.source_classifier:
-    raise UserError("kd needs kd.source_classifier: the workdir of a classifier run on the "
-                    "source classes (see configs/pp_pssl.py)")
+  pssl.check_frozen_runs(config, "kd", "the source classes", "configs/pp_pssl.py",
+                         fields=("source_classifier",))
   if not k.temperature > 0:
     raise UserError(f"kd.temperature={k.temperature} must be > 0")
   return KdTask(config, num_devices)
@@ -78,7 +68,7 @@ def init(config, rng: jax.Array, spec: tasks.Spec) -> KdState:
       model, {"params": state.params, **state.model_state}, x, train=False))
   params = {**state.params, "kd_head": nn.Dense(config.kd.source_classes).init(
       jax.random.fold_in(rng, 1), jnp.zeros((1, features.shape[-1])))["params"]}
-  source = _source_model(config).init(jax.random.fold_in(rng, 2), x)
+  source = pssl.source_model(config, "kd").init(jax.random.fold_in(rng, 2), x)
   tx = optim.make_optimizer(config.optimizer, config.train.steps)
   return KdState(step=state.step, params=params, model_state=state.model_state,
                  opt_state=tx.init(params), source_classifier=source)
@@ -95,8 +85,8 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
 def train_step(state: KdState, batch, rng: jax.Array, *, config, spec: tasks.Spec):
   k = config.kd
   model = models.build(config.model, spec.num_classes)
-  teacher_logits = _source_model(config).apply(state.source_classifier, batch["image"],
-                                               train=False)
+  teacher_logits = pssl.source_model(config, "kd").apply(state.source_classifier,
+                                                         batch["image"], train=False)
   chex.assert_shape(teacher_logits, (batch["image"].shape[0], k.source_classes))
 
   def loss_fn(params):

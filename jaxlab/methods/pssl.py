@@ -47,8 +47,8 @@ class PsslState(TrainState):
 
 
 # The frozen pair (G_s, C_s) is read from a config block (`pssl` here, `meta_gen_ssl` in §3's
-# method) with the fields generator, source_classifier and source_classes; these helpers
-# serve both methods.
+# method; `kd` has C_s only) with the fields generator, source_classifier and source_classes;
+# these helpers serve all three methods.
 
 def generator_model(config, spec: tasks.Spec, block: str = "pssl") -> gan.ConditionalGenerator:
   return gan.build_generator(config.generator, config[block].source_classes, spec.input_shape)
@@ -60,9 +60,10 @@ def source_model(config, block: str = "pssl"):
                                      f"{block}.source_classifier")
 
 
-def check_frozen_runs(config, block: str, classes: str, presets: str) -> None:
-  """One-line errors when config.<block> lacks the generator or source-classifier run."""
-  for field in ("generator", "source_classifier"):
+def check_frozen_runs(config, block: str, classes: str, presets: str,
+                      fields: tuple[str, ...] = ("generator", "source_classifier")) -> None:
+  """One-line errors when config.<block> lacks one of the runs named by `fields`."""
+  for field in fields:
     if not config[block][field]:
       raise UserError(f"{block} needs {block}.{field}: the workdir of a "
                       + ("cgan run" if field == "generator" else "classifier run")
@@ -79,14 +80,20 @@ def frozen_placeholders(config, rng: jax.Array, spec: tasks.Spec, block: str = "
   return {"generator": generator, "source_classifier": source}
 
 
-def load_frozen(config, spec: tasks.Spec, block: str = "pssl"):
-  """{"generator", "source_classifier"}: the trained variables of config.<block>'s runs."""
+def load_source_classifier(config, spec: tasks.Spec, block: str = "pssl"):
+  """The trained variables of C_s, config.<block>.source_classifier's run."""
   b = config[block]
-  generator = generative.load_generator(generator_model(config, spec, block), b.generator,
-                                        f"{block}.generator")
   _, source = generative.load_classifier(b.source_classifier, tuple(spec.input_shape),
                                          b.source_classes, field=f"{block}.source_classifier")
-  return {"generator": generator, "source_classifier": source}
+  return source
+
+
+def load_frozen(config, spec: tasks.Spec, block: str = "pssl"):
+  """{"generator", "source_classifier"}: the trained variables of config.<block>'s runs."""
+  generator = generative.load_generator(generator_model(config, spec, block),
+                                        config[block].generator, f"{block}.generator")
+  return {"generator": generator,
+          "source_classifier": load_source_classifier(config, spec, block)}
 
 
 class PsslTask(tasks.SupervisedTask):
