@@ -3,12 +3,12 @@
 
   python -m jaxlab.main --config=configs/erm.py:digits --workdir=runs/digits_classifier
   python -m jaxlab.main --config=configs/cgan.py:digits \
-      --config.gan.score_classifier=runs/digits_classifier --workdir=runs/cgan_digits
+      --config.inputs.score_classifier=runs/digits_classifier --workdir=runs/cgan_digits
 
 Hinge loss, spectrally normalised projection discriminator, conditional-BatchNorm generator;
 Adam 2e-4 with b1 = 0, b2 = 0.9 for both networks (the SNGAN/BigGAN setting), one
 discriminator step per generator step, batch 64. The quality score (`quality/*` in
-results.json) needs `gan.score_classifier`, a classifier run on the same data.
+results.json) needs `inputs.score_classifier`, a classifier run on the same data.
 
 Presets (`:name[,steps=N]`):
   digits           §2(g): latent d_w = 8, width 64, on the full digits training split (1,438
@@ -35,8 +35,9 @@ def _gan(c, latent_dim, width, steps):
   c.generator = ml_collections.ConfigDict(dict(latent_dim=latent_dim, width=width,
                                                discriminator_width=width))
   c.optimizer.update(dict(name="adam", learning_rate=2e-4, b1=0.0, b2=0.9, eps=1e-8))
+  c.inputs.score_classifier = ""  # a classifier run on the same data: the quality score
   c.gan = ml_collections.ConfigDict(dict(
-      disc_steps=1, score_classifier="", score_split="test",
+      disc_steps=1, score_split="test",
       disc_optimizer=ml_collections.ConfigDict(dict(c.optimizer))))
   c.train.update(dict(steps=steps, batch_size=64, eval_every=0, checkpoint_every=steps,
                       log_every=max(1, steps // 10)))

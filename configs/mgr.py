@@ -3,7 +3,7 @@ class-conditional generator (shared/methods/generative_and_finetuning.md §2).
 
   python -m jaxlab.main --config=configs/cgan.py:digits,steps=300 --workdir=runs/cgan_weak
   python -m jaxlab.main --config=configs/mgr.py:digits,method=mgr,fraction=0.05 \
-      --config.generative.generator=runs/cgan_weak --workdir=runs/mgr_f05
+      --config.inputs.generator=runs/cgan_weak --workdir=runs/mgr_f05
 
 Preset arguments: method (erm = Base | gda | pcr | mgr), fraction (of the training split),
 sampler ('' = the method's: uniform for gda/pcr, finder for mgr; `gda,sampler=finder` is
@@ -44,8 +44,9 @@ def _generative(c, method, fraction, sampler, latent_dim, width, steps, eval_eve
   c.method = method
   c.generator = ml_collections.ConfigDict(dict(latent_dim=latent_dim, width=width,
                                                discriminator_width=width))
+  c.inputs.generator = ""  # the frozen generator: a cgan run on the same classes
   c.generative = ml_collections.ConfigDict(dict(
-      generator="", weight=1.0, real_weight=1.0, sampler=sampler, synthetic_batch=64,
+      weight=1.0, real_weight=1.0, sampler=sampler, synthetic_batch=64,
       pcr_shift=1, pcr_rotation=10.0, pcr_flip=False, pcr_views="two_augmented",
       pcr_stop_gradient=False, pcr_reduction="mean",
       finder_hidden=(32, 32), finder_class_input=False, finder_lr=1e-4,

@@ -4,10 +4,10 @@ digits 0-4 (source, seen only through a generator and a classifier) to digits 5-
 
   python -m jaxlab.main --config=configs/finetune.py:digits_pretrain --workdir=runs/c_s
   python -m jaxlab.main --config=configs/cgan.py:digits_source --workdir=runs/g_s
-  python -m jaxlab.main --config=configs/pp_pssl.py:pp --config.generative.generator=runs/g_s \
+  python -m jaxlab.main --config=configs/pp_pssl.py:pp --config.inputs.generator=runs/g_s \
       --workdir=runs/pp
   python -m jaxlab.main --config=configs/pp_pssl.py:digits,method=pssl,n=10 \
-      --config.pssl.generator=runs/g_s --config.pssl.source_classifier=runs/c_s \
+      --config.inputs.generator=runs/g_s --config.inputs.source_classifier=runs/c_s \
       --config.init_from=runs/pp --workdir=runs/pp_pssl_n10
 
 C_s is the MLP of configs/finetune.py:digits_pretrain; G_s the cgan of
@@ -56,11 +56,11 @@ def digits(method="pssl", n=10, conditioning="target", steps=2000):
                           step_factor=0.1, step_boundaries=(steps // 2, 3 * steps // 4)))
   c.train.update(dict(eval_every=100, log_every=100, select_by="validation/loss"))
   c.generator = ml_collections.ConfigDict(dict(latent_dim=8, width=64, discriminator_width=64))
-  c.pssl = ml_collections.ConfigDict(dict(
-      generator="", source_classifier="", source_classes=5, conditioning=conditioning,
-      temperature=1.0))
-  c.kd = ml_collections.ConfigDict(dict(source_classifier="", source_classes=5,
-                                        temperature=4.0, weight=1.0))
+  # G_s (pssl) and C_s (pssl, kd), on the 5 source classes
+  c.inputs = ml_collections.ConfigDict(dict(generator="", source_classifier=""))
+  c.pssl = ml_collections.ConfigDict(dict(source_classes=5, conditioning=conditioning,
+                                          temperature=1.0))
+  c.kd = ml_collections.ConfigDict(dict(source_classes=5, temperature=4.0, weight=1.0))
   return c
 
 

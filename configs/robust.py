@@ -39,6 +39,7 @@ def _robust(c, method, eps, step_size, eval_attacks, margin_bins=""):
   c.sovr = ml_collections.ConfigDict(dict(fraction=0.4, switch_rule="top_ratio", kappa=0.0))
   c.importance = ml_collections.ConfigDict(dict(
       burn_in=0.5, gairat_lambda=-1.0, mail_gamma=10.0, mail_beta=0.0))
+  c.inputs.teacher = ""  # ARREST's frozen teacher; "" = the init_from run
   c.arrest = ml_collections.ConfigDict(dict(
       rgkd_weight=1.0, rgkd_distance="one_minus_cos", rgkd_student_input="same_as_ce",
       noisy_replay=True, nr_threshold=0.9, nr_scope="per_sample", nr_noise="uniform",

@@ -7,7 +7,7 @@ oracle, §3(g)) and §4 (the SSL algorithm of P-SSL).
   python -m jaxlab.main --config=configs/ssl.py:digits,method=erm,labels=2 --workdir=runs/sup_k2
 
   python -m jaxlab.main --config=configs/ssl.py:digits,method=meta_gen_ssl,labels=2 \
-      --config.meta_gen_ssl.generator=runs/cgan --config.meta_gen_ssl.source_classifier=runs/c_s \
+      --config.inputs.generator=runs/cgan --config.inputs.source_classifier=runs/c_s \
       --workdir=runs/meta_gen_ssl_k2
 
 `meta_gen_ssl` (§3, no real unlabeled image) needs a `cgan` run on the generator's classes
@@ -74,8 +74,10 @@ def _meta_gen_ssl(c, pool_size, num_classes, latent_dim=8, width=64):
   classes needs `meta_gen_ssl.source_classes`) and the §3(d) [R] defaults."""
   c.generator = ml_collections.ConfigDict(dict(latent_dim=latent_dim, width=width,
                                                discriminator_width=width))
+  # the frozen generator and C_s, on the generator's classes
+  c.inputs = ml_collections.ConfigDict(dict(generator="", source_classifier=""))
   c.meta_gen_ssl = ml_collections.ConfigDict(dict(
-      generator="", source_classifier="", source_classes=num_classes, pool_size=pool_size,
+      source_classes=num_classes, pool_size=pool_size,
       synthetic_batch=64, latent_init="pseudo_conditional", meta=True, weight=1.0, beta=1.0,
       meta_weight=1.0, lr_u=1e-3, lr_a=1e-2, renormalise=True, target_view="weak",
       unsup_stop_gradient=True, resemblance_encoder="classifier", meta_val="train",

@@ -13,7 +13,7 @@ run "$RUNS/mgr_classifier" --config=configs/erm.py:digits
 generator="$RUNS/mgr_generator/cgan/steps300/seed0"
 for steps in 300 3000; do  # the weak generator the arms use, and a well-fitted one to compare
   run "$RUNS/mgr_generator/cgan/steps$steps/seed0" --config=configs/cgan.py:digits,steps=$steps \
-    --config.gan.score_classifier="$RUNS/mgr_classifier"
+    --config.inputs.score_classifier="$RUNS/mgr_classifier"
 done
 # Seeds > 0 leave out the meta step's gain diagnostic (an extra look-ahead, ~14% of an MGR
 # run; the trained weights are the same with or without it).
@@ -24,7 +24,7 @@ for seed in $SEEDS; do
       while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done
       run "$RUNS/mgr_digits/$arm/f$fraction/seed$seed" \
         --config=configs/mgr.py:digits,method=$arm,fraction=$fraction,steps=1500 \
-        --config.seed=$seed --config.generative.generator="$generator" \
+        --config.seed=$seed --config.inputs.generator="$generator" \
         --config.generative.log_meta_gain=$gain &
     done
   done
@@ -35,13 +35,13 @@ glyph_generator="$RUNS/mgr_glyphs_generator/cgan/steps500/seed0"
 glyph_classifier="$RUNS/mgr_glyphs/erm/n15/seed0"
 run "$glyph_classifier" --config=configs/mgr.py:glyphs16,method=erm,steps=1500
 run "$glyph_generator" --config=configs/cgan.py:glyphs16,steps=500 \
-  --config.gan.score_classifier="$glyph_classifier"
+  --config.inputs.score_classifier="$glyph_classifier"
 for seed in ${GLYPH_SEEDS:-0 1 2}; do
   gain=$([ "$seed" = 0 ] && echo True || echo False)
   for arm in erm gda pcr mgr; do
     while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done
     run "$RUNS/mgr_glyphs/$arm/n15/seed$seed" --config=configs/mgr.py:glyphs16,method=$arm,steps=1500 \
-      --config.seed=$seed --config.generative.generator="$glyph_generator" \
+      --config.seed=$seed --config.inputs.generator="$glyph_generator" \
       --config.generative.log_meta_gain=$gain &
   done
 done
@@ -52,7 +52,7 @@ for seed in ${SUM_SEEDS:-0}; do
       while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done
       run "$RUNS/mgr_digits_sum/$arm/f$fraction/seed$seed" \
         --config=configs/mgr.py:digits,method=$arm,fraction=$fraction,steps=1500 \
-        --config.seed=$seed --config.generative.generator="$generator" \
+        --config.seed=$seed --config.inputs.generator="$generator" \
         --config.generative.pcr_reduction=sum &
     done
   done

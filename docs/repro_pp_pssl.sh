@@ -19,10 +19,10 @@ source "$(dirname "$0")/repro_common.sh"
 source_dir="$RUNS/pp_pssl_source"
 run "$source_dir/c_s" --config=configs/finetune.py:digits_pretrain
 run "$source_dir/g_s" --config=configs/cgan.py:digits_source
-ssl="--config.pssl.generator=$source_dir/g_s --config.pssl.source_classifier=$source_dir/c_s"
+ssl="--config.inputs.generator=$source_dir/g_s --config.inputs.source_classifier=$source_dir/c_s"
 for seed in $SEEDS; do
   pp="$source_dir/pp/seed$seed"
-  run "$pp" --config=configs/pp_pssl.py:pp --config.generative.generator="$source_dir/g_s" \
+  run "$pp" --config=configs/pp_pssl.py:pp --config.inputs.generator="$source_dir/g_s" \
     --config.seed=$seed
   for n in 5 10 20; do
     target="configs/pp_pssl.py:digits,n=$n,steps=1000"
@@ -37,7 +37,7 @@ for seed in $SEEDS; do
       run "$out/pp_pssl_uniform/n$n/seed$seed" --config=$target,method=pssl,conditioning=uniform \
         $common $ssl --config.init_from="$pp"
       run "$out/kd/n$n/seed$seed" --config=$target,method=kd $common \
-        --config.kd.source_classifier="$source_dir/c_s" ) &
+        --config.inputs.source_classifier="$source_dir/c_s" ) &
   done
 done
 wait

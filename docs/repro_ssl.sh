@@ -24,9 +24,9 @@ classifier="$RUNS/ssl_source/classifier"
 generator="$RUNS/ssl_generator/cgan/steps3000/seed0"
 run "$classifier" --config=configs/erm.py:digits
 run "$generator" --config=configs/cgan.py:digits,steps=3000 \
-  --config.gan.score_classifier="$classifier"
-frozen="--config.meta_gen_ssl.generator=$generator
-        --config.meta_gen_ssl.source_classifier=$classifier"
+  --config.inputs.score_classifier="$classifier"
+frozen="--config.inputs.generator=$generator
+        --config.inputs.source_classifier=$classifier"
 for seed in $SEEDS; do
   for k in ${KS:-1 2 4 10}; do
     target="configs/ssl.py:digits,labels=$k,steps=1000"

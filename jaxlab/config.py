@@ -148,6 +148,10 @@ def base_config() -> ConfigDict:
   # "/"-joined variable paths; "" = random initialisation. Ignored when resuming.
   c.init_from = ""
   c.init_skip = ""  # comma-separated variable path prefixes not loaded, e.g. "params/head"
+  # frozen weights read from other runs, by the name the method gives them (a workdir or an
+  # .npz each; jaxlab.train.inputs): presets of methods that read some add their names here,
+  # e.g. inputs.generator for MGR
+  c.inputs = ConfigDict()
   c.data = ConfigDict(dict(
       name="digits", data_dir="", manual_dir="", download=False, train_split="train",
       eval_splits="test",

@@ -201,7 +201,7 @@ def test_ovr_grows_the_logit_margin_twice_as_fast_as_weighted_cross_entropy():
 
 
 def test_sovr_switches_the_smallest_margins_and_is_pgd_at_at_zero_fraction():
-  from jaxlab.methods import sovr
+  from jaxlab.methods import adversarial as sovr
   import ml_collections
   config = ml_collections.ConfigDict(dict(sovr=dict(fraction=0.4, switch_rule="top_ratio",
                                                     kappa=0.5)))

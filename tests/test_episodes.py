@@ -115,13 +115,13 @@ def test_variants_are_wired(method, first_order, adapt):
 
 def test_trainable_masks_of_the_variants():
   from jaxlab import meta, models
-  from jaxlab.methods import _maml_core
+  from jaxlab.meta import episodic
   config = jaxlab.load_config("configs/maml.py:tiny")
   params = jax.eval_shape(models.build(config.model, 5).init, jax.random.key(0),
                           jnp.zeros((2, 28, 28, 1)))["params"]
   paths = meta.leaf_paths(params)
   def adapting(adapt, frozen=""):
-    mask = jax.tree.leaves(_maml_core.trainable_mask(params, adapt, frozen))
+    mask = jax.tree.leaves(episodic.trainable_mask(params, adapt, frozen))
     return {p for p, m in zip(paths, mask) if m}
   head = {p for p in paths if p.startswith("head/")}
   assert head == {"head/kernel", "head/bias"}

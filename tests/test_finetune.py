@@ -12,7 +12,7 @@ import pytest
 import jaxlab
 from jaxlab import models
 from jaxlab.data import tasks
-from jaxlab.methods import _finetune_core as core
+from jaxlab.methods import finetune as core
 from jaxlab.train import checkpoint
 
 from conftest import run_main
@@ -69,7 +69,7 @@ def test_reference_vectors_carry_no_gradient_to_the_prior():
 
   def classifier_loss(prior_mean):
     z = core.reference_vectors(state.replace(prior_mean=prior_mean), batch["label"],
-                               jax.random.key(2), config)
+                               jax.random.key(2), config, "adarand")
     features = model.apply({"params": state.params}, batch["image"], return_features=True)
     return jnp.mean((features - z) ** 2)
 

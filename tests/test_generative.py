@@ -16,7 +16,7 @@ from jaxlab import meta
 from jaxlab.data import augment
 from jaxlab.data.tasks import Spec
 from jaxlab.eval import generative
-from jaxlab.methods import _generative_reg as core
+from jaxlab.methods import generative_reg as core
 from jaxlab.models import gan
 
 from conftest import run_main
@@ -46,10 +46,16 @@ def _perturbed_finder(state, scale=0.3):
       leaf + scale * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]))
 
 
+def _init(config):
+  return jaxlab.get_method(config.method).init(config, jax.random.key(0), SPEC)
+
+
 def _meta_gradient_fn(config, inner_lr=0.1):
   """jitted (state, batch) -> (look-ahead validation loss, grad_phi) of the method's meta step."""
+  regulariser = jaxlab.get_method(config.method).options["regulariser"]
   return jax.jit(lambda state, batch: core.meta_gradient(config, SPEC, state, batch,
-                                                         jax.random.key(3), inner_lr))
+                                                         jax.random.key(3), inner_lr,
+                                                         regulariser))
 
 
 def test_lookahead_gradient_matches_closed_form_on_a_quadratic():
@@ -72,7 +78,7 @@ def test_lookahead_gradient_matches_closed_form_on_a_quadratic():
 
 def test_mgr_meta_gradient_is_exactly_zero_without_the_regulariser():
   config = _mgr_config(**{"generative.weight": 0.0})
-  state = _perturbed_finder(core.init(config, jax.random.key(0), SPEC))
+  state = _perturbed_finder(_init(config))
   _, grads = _meta_gradient_fn(config)(state, _batch())
   assert all(np.all(np.asarray(g) == 0.0) for g in jax.tree.leaves(grads))
   # (with lambda > 0 it is not: the float64 test below checks it against differences)
@@ -82,7 +88,7 @@ def test_mgr_meta_gradient_is_exactly_zero_without_the_regulariser():
 def test_mgr_meta_gradient_matches_central_differences_in_float64(method):
   with jax.enable_x64(True):
     config = _mgr_config(method, **{"generative.sampler": "finder"})
-    state = _perturbed_finder(core.init(config, jax.random.key(0), SPEC))
+    state = _perturbed_finder(_init(config))
     to64 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(
         x.dtype, jnp.floating) else x, tree)
     state, batch = to64(state), to64(_batch())
@@ -129,13 +135,13 @@ def test_finite_difference_mode_approaches_the_exact_gradient_on_a_smooth_proble
 
 def test_pcr_gives_the_head_no_gradient():
   config = _mgr_config("pcr")
-  state = core.init(config, jax.random.key(0), SPEC)
+  state = _init(config)
   images = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
   labels = jnp.arange(6)
 
   def reg(params):
     return core.regularised_loss(config, SPEC, state, params, _batch(), images, labels,
-                                 jax.random.key(2))[1][1]
+                                 jax.random.key(2), "pcr")[1][1]
 
   grads = jax.grad(reg)(state.params)
   assert float(reg(state.params)) > 0
@@ -215,7 +221,7 @@ def test_cgan_then_mgr_end_to_end(tmp_path):
   generator = str(tmp_path / "cgan")
   result = run_main("--config=configs/cgan.py:digits,steps=4", f"--workdir={generator}",
                     "--config.generator.width=8", "--config.generator.discriminator_width=8",
-                    f"--config.gan.score_classifier={classifier}")
+                    f"--config.inputs.score_classifier={classifier}")
   assert result.returncode == 0, result.stderr
   with open(os.path.join(generator, "results.json")) as f:
     results = json.load(f)
@@ -232,8 +238,8 @@ def test_cgan_then_mgr_end_to_end(tmp_path):
           "--config.train.eval_every=2", "--config.train.log_every=2"]
   missing = run_main(*args)
   assert missing.returncode == 2
-  assert "generative.generator" in missing.stderr and "cgan" in missing.stderr
-  result = run_main(*args, f"--config.generative.generator={generator}")
+  assert "inputs.generator" in missing.stderr and "cgan" in missing.stderr
+  result = run_main(*args, f"--config.inputs.generator={generator}")
   assert result.returncode == 0, result.stderr
   with open(os.path.join(run, "results.json")) as f:
     results = json.load(f)
@@ -242,14 +248,14 @@ def test_cgan_then_mgr_end_to_end(tmp_path):
   # the frozen generator in the classifier's final checkpoint is the cgan's, bit for bit
   restore = lambda workdir: ocp.StandardCheckpointer().restore(
       os.path.join(workdir, "checkpoints", "4", "default"))
-  trained, used = restore(generator), restore(run)["generator"]
+  trained, used = restore(generator), restore(run)["frozen"]["generator"]
   pairs = [(trained["params"], used["params"]),
            (trained["model_state"]["batch_stats"], used["batch_stats"])]
   for a, b in pairs:
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       assert x.dtype == y.dtype and np.array_equal(x, y)
-  wrong = run_main(*args, f"--config.generative.generator={generator}",
+  wrong = run_main(*args, f"--config.inputs.generator={generator}",
                    f"--workdir={tmp_path / 'mgr_wide'}", "--config.generator.width=16")
-  assert wrong.returncode == 2 and "generative.generator=" in wrong.stderr
+  assert wrong.returncode == 2 and "inputs.generator=" in wrong.stderr
   assert "shape" in wrong.stderr

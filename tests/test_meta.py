@@ -141,7 +141,7 @@ def test_meta_sgd_learning_rates_get_gradients():
 
 def test_query_pass_uses_its_own_batch_statistics():
   """Transductive BN: shifting every query input by a constant changes nothing after BN."""
-  from jaxlab.methods import _maml_core
+  from jaxlab.meta import episodic
   from jaxlab.data.tasks import Spec
   config = ml_collections.ConfigDict(dict(
       model=dict(name="mlp", hidden=(8,), norm="batch_stats", weight_init="torch"),
@@ -155,9 +155,9 @@ def test_query_pass_uses_its_own_batch_statistics():
           "query": {"x": jax.random.normal(k[1], (6, 4)), "y": jnp.arange(6) % 3}}
   shifted = {"support": task["support"],
              "query": {"x": task["query"]["x"] + 5.0, "y": task["query"]["y"]}}
-  run = lambda t: _maml_core.adapt_and_evaluate(params["model"], t, config=config, spec=spec,
-                                                steps=1, first_order=False, adapt="all",
-                                                inner_lr=0.4)[0]
+  run = lambda t: episodic.adapt_and_evaluate(params["model"], t, config=config, spec=spec,
+                                               steps=1, first_order=False, adapt="all",
+                                               inner_lr=0.4)[0]
   np.testing.assert_allclose(run(task), run(shifted), rtol=1e-5)
 
 

@@ -22,6 +22,14 @@ def _assert_same_params(a, b, **tol):
     np.testing.assert_allclose(x, y, **(tol or dict(rtol=1e-6, atol=1e-7)))
 
 
+def _arrest_start(overrides=None):
+  """arrest's initial state (one_train_step's) with its own initial weights as the frozen
+  teacher, as the training loop does with `init_from`."""
+  config = jaxlab.load_config(ROBUST + "arrest", {"model.hidden": (16,), **(overrides or {})})
+  state = jaxlab.get_method("arrest").init(config, jax.random.key(0), Spec((8, 8, 1), 10))
+  return state.replace(frozen={"teacher": {"params": state.params, **state.model_state}})
+
+
 def _linear_logits(seed=0):
   w = jax.random.normal(jax.random.key(seed), (12, 5))
   return lambda x: x.reshape(x.shape[0], -1) @ w
@@ -60,28 +68,31 @@ def test_weighted_arms_are_pgd_at_during_burn_in_and_with_constant_weights():
 
 
 def test_importance_weights_favour_points_near_the_boundary():
-  from jaxlab.methods import gairat, mail
+  from jaxlab.methods import adversarial
   config = jaxlab.load_config(ROBUST + "gairat")
   kappa = jnp.arange(11)  # K = 10 PGD steps
-  w = np.asarray(gairat.weights(None, None, kappa, config))
+  w = np.asarray(adversarial.gairat_weights(None, None, kappa, config))
   assert np.all(np.diff(w) < 0)  # more steps survived: farther from the boundary, less weight
   np.testing.assert_allclose(w[[0, 5, 10]], [(1 + np.tanh(-1 + 5 * s)) / 2 for s in (1, 0, -1)],
                              rtol=1e-6)
   logits = jnp.array([[4.0, 0, 0], [1.0, 0.5, 0], [0.0, 3.0, 0]])
-  w = np.asarray(mail.weights(logits, jnp.zeros(3, jnp.int32), None, config))
+  w = np.asarray(adversarial.mail_weights(logits, jnp.zeros(3, jnp.int32), None, config))
   assert w[0] < w[1] < w[2]  # probabilistic margin 0.93 > 0.19 > -0.9
 
 
 def test_aft_without_rgkd_or_replay_is_pgd_at_and_the_teacher_stays_frozen():
   reference, *_ = one_train_step(ROBUST + "pgd_at", {})
-  aft, metrics, *_, start = one_train_step(
-      ROBUST + "arrest", {"arrest.rgkd_weight": 0.0, "arrest.noisy_replay": False})
+  aft_flags = {"arrest.rgkd_weight": 0.0, "arrest.noisy_replay": False}
+  aft, metrics, *_, start = one_train_step(ROBUST + "arrest", aft_flags,
+                                           state=_arrest_start(aft_flags))
   _assert_same_params(reference, aft)
   assert float(metrics["rgkd"]) > 0.01  # adversarial student input vs clean teacher input
-  _, metrics, *_ = one_train_step(ROBUST + "arrest", {"arrest.rgkd_student_input": "clean"})
+  clean = {"arrest.rgkd_student_input": "clean"}
+  _, metrics, *_ = one_train_step(ROBUST + "arrest", clean, state=_arrest_start(clean))
   assert abs(float(metrics["rgkd"])) < 1e-6  # the same clean input: student == teacher
   full, metrics, *_ = one_train_step(ROBUST + "arrest", {}, state=aft)
-  for before, after in zip(jax.tree.leaves(start.params), jax.tree.leaves(full.teacher_params)):
+  teacher = full.frozen["teacher"]["params"]
+  for before, after in zip(jax.tree.leaves(start.params), jax.tree.leaves(teacher)):
     np.testing.assert_array_equal(before, after)
   _, metrics, *_ = one_train_step(ROBUST + "arrest", {"arrest.rgkd_student_input": "clean"},
                                  state=full)
@@ -90,7 +101,8 @@ def test_aft_without_rgkd_or_replay_is_pgd_at_and_the_teacher_stays_frozen():
 
 def test_noisy_replay_swaps_exactly_the_drifted_examples_for_noise_inside_the_ball():
   from jaxlab.methods import arrest
-  _, _, config, spec, batch, state = one_train_step(ROBUST + "arrest", {})
+  _, _, config, spec, batch, state = one_train_step(ROBUST + "arrest", {},
+                                                    state=_arrest_start())
   x = batch["image"]
   x_adv = jnp.clip(x + 0.1 * jnp.sign(jax.random.normal(jax.random.key(3), x.shape)), 0, 1)
   model = models.build(config.model, spec.num_classes)

@@ -16,8 +16,10 @@ from jaxlab import methods
 from jaxlab.data import augment
 from jaxlab.data.tasks import Spec
 from jaxlab.errors import UserError
-from jaxlab.methods import _generative_reg as core
-from jaxlab.methods import fixmatch, kd, meta_gen_ssl, pssl
+from jaxlab.methods import generative_reg as core
+from jaxlab.methods import meta_gen_ssl
+from jaxlab.methods import ssl as family
+from jaxlab.train import inputs
 
 
 def test_pseudo_label_loss_matches_numpy_and_stops_the_weak_gradient():
@@ -33,15 +35,15 @@ def test_pseudo_label_loss_matches_numpy_and_stops_the_weak_gradient():
   log_softmax -= np.log(np.exp(log_softmax).sum(1, keepdims=True))
   expected = -(mask * log_softmax[np.arange(40), labels]).sum() / 40  # masked ones count
   assert 0 < mask.sum() < 40  # both kinds present, so the check means something
-  loss, got_mask, got_labels = fixmatch.pseudo_label_loss(jnp.asarray(weak),
+  loss, got_mask, got_labels = family.pseudo_label_loss(jnp.asarray(weak),
                                                           jnp.asarray(strong), threshold)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_array_equal(got_mask, mask.astype(np.float32))
   np.testing.assert_array_equal(got_labels, labels)
-  weak_grad = jax.grad(lambda w: fixmatch.pseudo_label_loss(w, jnp.asarray(strong),
+  weak_grad = jax.grad(lambda w: family.pseudo_label_loss(w, jnp.asarray(strong),
                                                             threshold)[0])(jnp.asarray(weak))
   np.testing.assert_array_equal(weak_grad, 0.0)
-  strong_grad = jax.grad(lambda s: fixmatch.pseudo_label_loss(jnp.asarray(weak), s,
+  strong_grad = jax.grad(lambda s: family.pseudo_label_loss(jnp.asarray(weak), s,
                                                               threshold)[0])(jnp.asarray(strong))
   np.testing.assert_array_equal(np.abs(strong_grad).sum(1) > 0, mask)  # only confident rows
 
@@ -91,13 +93,13 @@ def test_with_zero_weight_fixmatch_trains_like_supervised_on_the_labeled_subset(
 
 def test_bad_ssl_settings_are_one_line_errors():
   with pytest.raises(UserError, match="unknown ssl.unlabeled 'pool'; valid choices: all, rest"):
-    fixmatch.make_task(_config("fixmatch", **{"ssl.unlabeled": "pool"}))
+    family.make_task(_config("fixmatch", **{"ssl.unlabeled": "pool"}))
   with pytest.raises(UserError, match="threshold"):
-    fixmatch.make_task(_config("fixmatch", **{"ssl.threshold": 1.5}))
+    family.make_task(_config("fixmatch", **{"ssl.threshold": 1.5}))
   everything = _config("fixmatch", **{"ssl.unlabeled": "rest", "data.per_class": 0,
                                       "data.train_fraction": 1.0, "data.val_fraction": 0.1})
   with pytest.raises(UserError, match="no unlabeled images"):
-    fixmatch.make_task(everything)
+    family.make_task(everything)
 
 
 # -- PP + P-SSL (§4) ---------------------------------------------------------------------------
@@ -117,8 +119,8 @@ def _pssl_config(tmp_path, **overrides):
   source = _source_classifier_run(tmp_path)
   return jaxlab.load_config("configs/pp_pssl.py:digits,method=pssl,n=4", {
       "model.channels": (4, 6), "ssl.unlabeled_ratio": 2, "train.batch_size": 8,
-      "generator.width": 8, "pssl.generator": str(tmp_path / "g_s_not_read"),
-      "pssl.source_classifier": source, **overrides})
+      "generator.width": 8, "inputs.generator": str(tmp_path / "g_s_not_read"),
+      "inputs.source_classifier": source, **overrides})
 
 
 def _target_images(n=12):
@@ -128,18 +130,21 @@ def _target_images(n=12):
 def test_a_one_hot_posterior_conditions_the_generator_as_its_hard_class(tmp_path):
   config = _pssl_config(tmp_path, **{"pssl.temperature": 1e-6})
   spec = Spec(input_shape=(8, 8, 1), num_classes=5)
-  state = jax.jit(lambda key: pssl.init(config, key, spec))(jax.random.key(0))
+  state = jax.jit(lambda key: jaxlab.get_method("pssl").init(config, key, spec))(
+      jax.random.key(0))
   x_t = _target_images()
-  logits = pssl.source_model(config).apply(state.source_classifier, x_t)
-  c = pssl.source_conditions(config, state, x_t, jax.random.key(1))
+  logits = inputs.classifier_model(config, "source_classifier", 5).apply(
+      state.frozen["source_classifier"], x_t)
+  assert len(set(np.asarray(jnp.argmax(logits, -1)))) > 1  # a random C_s, not a constant one
+  c = family.source_conditions(config, state, x_t, jax.random.key(1))
   np.testing.assert_array_equal(c, jax.nn.one_hot(jnp.argmax(logits, -1), 5))
-  generator = pssl.generator_model(config, spec)
+  generator = inputs.generator_model(config, spec, 5)
   z = jax.random.normal(jax.random.key(2), (12, 8))
-  hard = generator.apply(state.generator, z, jax.nn.one_hot(jnp.argmax(logits, -1), 5))
-  np.testing.assert_array_equal(generator.apply(state.generator, z, c), hard)
-  soft = pssl.source_conditions(_pssl_config(tmp_path), state, x_t, jax.random.key(1))
+  hard = generator.apply(state.frozen["generator"], z, jax.nn.one_hot(jnp.argmax(logits, -1), 5))
+  np.testing.assert_array_equal(generator.apply(state.frozen["generator"], z, c), hard)
+  soft = family.source_conditions(_pssl_config(tmp_path), state, x_t, jax.random.key(1))
   np.testing.assert_allclose(soft, jax.nn.softmax(logits), rtol=1e-6)  # temperature 1
-  uniform = pssl.source_conditions(_pssl_config(tmp_path, **{"pssl.conditioning": "uniform"}),
+  uniform = family.source_conditions(_pssl_config(tmp_path, **{"pssl.conditioning": "uniform"}),
                                    state, jnp.zeros((200, 8, 8, 1)), jax.random.key(1))
   np.testing.assert_array_equal(uniform.sum(-1), 1.0)
   assert set(np.asarray(uniform.argmax(-1))) == set(range(5))
@@ -148,10 +153,11 @@ def test_a_one_hot_posterior_conditions_the_generator_as_its_hard_class(tmp_path
 def test_no_gradient_reaches_the_frozen_generator_or_source_classifier(tmp_path):
   config = _pssl_config(tmp_path, **{"ssl.threshold": 0.1})
   spec = Spec(input_shape=(8, 8, 1), num_classes=5)
-  start = jax.jit(lambda key: pssl.init(config, key, spec))(jax.random.key(0))
-  frozen = lambda s: (s.generator, s.source_classifier)
-  grads = jax.jit(jax.grad(lambda f: pssl.pseudo_samples(
-      config, spec, start.replace(generator=f[0], source_classifier=f[1]), _target_images(),
+  start = jax.jit(lambda key: jaxlab.get_method("pssl").init(config, key, spec))(
+      jax.random.key(0))
+  frozen = lambda s: s.frozen
+  grads = jax.jit(jax.grad(lambda f: family.pseudo_samples(
+      config, spec, start.replace(frozen=f), _target_images(),
       jax.random.key(1))[0].sum()))(frozen(start))
   jax.tree.map(lambda g: np.testing.assert_array_equal(g, 0.0), grads)
   state, metrics = _train(config, steps=3)
@@ -166,11 +172,14 @@ def test_pseudo_pretraining_ignores_the_real_batch():
   config = jaxlab.load_config("configs/pp_pssl.py:pp", {
       "model.channels": (4, 6), "generator.width": 8, "generative.synthetic_batch": 6})
   spec = Spec(input_shape=(8, 8, 1), num_classes=5)
-  state = jax.jit(lambda key: core.init(config, key, spec))(jax.random.key(0))
-  synthetic, labels, _ = core.synthetic_batch(config, spec, state.generator,
-                                              state.finder_params, jax.random.key(1), 6)
+  state = jax.jit(lambda key: jaxlab.get_method("gda").init(config, key, spec))(
+      jax.random.key(0))
+  synthetic, labels, _ = core.synthetic_batch(config, spec, state.frozen["generator"],
+                                              state.finder_params, jax.random.key(1), 6,
+                                              use_finder=False)
   grads = jax.jit(lambda batch: jax.grad(lambda p: core.regularised_loss(
-      config, spec, state, p, batch, synthetic, labels, jax.random.key(2))[0])(state.params))
+      config, spec, state, p, batch, synthetic, labels, jax.random.key(2), "gda")[0])(
+          state.params))
   batches = [{"image": jnp.asarray(rng.uniform(size=(6, 8, 8, 1)), jnp.float32),
               "label": jnp.asarray(rng.integers(0, 5, 6))}
              for rng in (np.random.default_rng(0), np.random.default_rng(1))]
@@ -182,8 +191,7 @@ def test_pseudo_pretraining_ignores_the_real_batch():
 # -- KD baseline of §4 ------------------------------------------------------------------------
 
 def test_kd_distils_the_source_posterior_through_its_own_head(tmp_path):
-  config = _pssl_config(tmp_path, **{"method": "kd",
-                                     "kd.source_classifier": _source_classifier_run(tmp_path)})
+  config = _pssl_config(tmp_path, **{"method": "kd", "inputs.generator": ""})
   spec = Spec(input_shape=(8, 8, 1), num_classes=5)
   rng = np.random.default_rng(0)
   student, teacher = rng.normal(size=(16, 5)), rng.normal(scale=3.0, size=(16, 5))
@@ -191,14 +199,16 @@ def test_kd_distils_the_source_posterior_through_its_own_head(tmp_path):
   p = np.exp(teacher / t) / np.exp(teacher / t).sum(1, keepdims=True)
   q = np.exp(student / t) / np.exp(student / t).sum(1, keepdims=True)
   expected = t ** 2 * np.mean(np.sum(p * (np.log(p) - np.log(q)), 1))
-  np.testing.assert_allclose(kd.distillation_loss(jnp.asarray(student), jnp.asarray(teacher),
+  np.testing.assert_allclose(family.distillation_loss(jnp.asarray(student), jnp.asarray(teacher),
                                                   t), expected, rtol=1e-5)
+  kd = jaxlab.get_method("kd")
   start = jax.jit(lambda key: kd.init(config, key, spec))(jax.random.key(0))
   state, metrics = _train(config, steps=3)
   assert float(metrics["kd"]) > 0
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, start.params)
   assert min(jax.tree.leaves(moved)) > 0  # the target head and the distilling head both train
-  jax.tree.map(np.testing.assert_array_equal, state.source_classifier, start.source_classifier)
+  assert set(start.frozen) == {"source_classifier"}  # kd reads no generator
+  jax.tree.map(np.testing.assert_array_equal, state.frozen, start.frozen)
   # the evaluated logits are the target head's: 5 target classes, kd_head ignored
   logits = kd.eval_step(state, {"image": _target_images(4), "label": jnp.zeros(4, jnp.int32)},
                         config=config, spec=spec)
@@ -213,8 +223,8 @@ def _meta_gen_ssl_config(tmp_path, **overrides):
   return jaxlab.load_config("configs/ssl.py:digits,method=meta_gen_ssl,labels=1", {
       "model.channels": (4, 6), "generator.width": 8, "train.batch_size": 6,
       "meta_gen_ssl.synthetic_batch": 6, "meta_gen_ssl.pool_size": 10,
-      "meta_gen_ssl.generator": str(tmp_path / "g_not_read"),
-      "meta_gen_ssl.source_classifier": source, **overrides})
+      "inputs.generator": str(tmp_path / "g_not_read"),
+      "inputs.source_classifier": source, **overrides})
 
 
 LABELED = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)
@@ -222,7 +232,8 @@ LABELED = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.uint
 
 def _meta_gen_ssl_start(config, spec=Spec(input_shape=(8, 8, 1), num_classes=10)):
   """(state after start_from on 4 labeled images, spec)."""
-  state = jax.jit(lambda key: meta_gen_ssl.init(config, key, spec))(jax.random.key(0))
+  state = jax.jit(lambda key: jaxlab.get_method("meta_gen_ssl").init(config, key, spec))(
+      jax.random.key(0))
   return meta_gen_ssl.start_from(state, {"image": LABELED}, config=config, spec=spec), spec
 
 
@@ -271,8 +282,8 @@ def test_resemblance_loss_decreases_in_the_meta_phase_without_the_lookahead(tmp_
   start = state
   # a = log C_s of each latent's anchor x_(j mod N): the pseudo-conditional initialisation
   anchors = augment.to_float(jnp.asarray(LABELED))[np.arange(10) % 4]
-  source_logits = pssl.source_model(config, "meta_gen_ssl").apply(state.source_classifier,
-                                                                  anchors)
+  source_logits = inputs.classifier_model(config, "source_classifier", 10).apply(
+      state.frozen["source_classifier"], anchors)
   np.testing.assert_allclose(state.latents["a"], jax.nn.log_softmax(source_logits), rtol=1e-6)
   batch = _meta_batch(np.arange(2, 8))
   step = jax.jit(lambda s: meta_gen_ssl.meta_step(config, spec, s, batch, jax.random.key(1),
@@ -301,7 +312,7 @@ def test_random_latent_init_is_one_hot_and_non_meta_training_keeps_the_latents(t
   after, metrics = step(state)
   assert "meta/lookahead_loss" not in metrics and float(metrics["unsup"]) > 0
   jax.tree.map(np.testing.assert_array_equal, after.latents, state.latents)
-  jax.tree.map(np.testing.assert_array_equal, after.generator, state.generator)
+  jax.tree.map(np.testing.assert_array_equal, after.frozen, state.frozen)
   # L_u acts on the feature extractor only: the head's gradient is the labeled CE's alone
   no_unsup = _meta_gen_ssl_config(tmp_path, **{"meta_gen_ssl.latent_init": "random",
                                                "meta_gen_ssl.meta": False,

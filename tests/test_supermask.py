@@ -160,19 +160,20 @@ def test_meta_ticket_with_zero_lr_equals_untrained_maml(tmp_path):
 
 
 def test_meta_ticket_learns_scores_not_weights_and_pruned_weights_get_no_inner_update():
-  from jaxlab.methods import _maml_core, meta_ticket
+  from jaxlab.meta import episodic
+  from jaxlab.methods import supermask as family
   config = jaxlab.load_config("configs/meta_ticket.py:glyphs_5w1s,factor=0.25")
   config.supermask.sparsity = 0.5  # start half pruned, so pruned entries exist
   spec = Spec(input_shape=(28, 28, 1), num_classes=5)
-  state = meta_ticket.init(config, jax.random.key(0), spec)
+  state = jaxlab.get_method("meta_ticket").init(config, jax.random.key(0), spec)
   assert set(state.params) == {"scores", "aux"} and not state.params["aux"]
   assert not any("head" in p for p in state.params["scores"])  # the head is never meta-learned
-  masks = meta_ticket.current_masks(state.params, state.model_state, config)
+  masks = family._ticket_masks(state.params, state.model_state, config)
   weights = state.model_state["weights"]
   rng = np.random.default_rng(0)
   support = {"x": jnp.asarray(rng.uniform(size=(5, 28, 28, 1)), jnp.float32),
              "y": jnp.arange(5)}
-  loss = lambda p: _maml_core._loss_and_metric(spec)(models.build(config.model, 5).apply(
+  loss = lambda p: episodic.loss_and_metric(spec)(models.build(config.model, 5).apply(
       {"params": supermask.apply(p, masks)}, support["x"], train=True), support["y"])[0]
   grads = supermask.flatten(jax.grad(loss)(weights))
   for path, m in masks.items():

@@ -136,3 +136,30 @@ def test_two_processes_match_one_process(tmp_path):
     assert abs(a[step] - b[step]) <= 1e-5 * abs(a[step])
   assert json.loads((tmp_path / "two" / "results.json").read_text()) == pytest.approx(
       json.loads((tmp_path / "one" / "results.json").read_text()), rel=1e-5)
+
+
+def test_checkpoints_of_the_layout_before_frozen_inputs_resume_and_others_stay(tmp_path):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jaxlab.errors import UserError
+  from jaxlab.train.checkpoint import Checkpointer
+  from jaxlab.train.state import TrainState
+  state = TrainState(step=jnp.array(7, jnp.int32), params={"w": jnp.arange(3.0)},
+                     model_state={}, opt_state={"m": jnp.ones(3)})
+  older = {"step": state.step, "params": state.params, "model_state": {},
+           "opt_state": state.opt_state}
+  saver = Checkpointer(str(tmp_path / "old"))
+  saver.save(7, older)  # what a jaxlab state without the `frozen` field wrote
+  saver.close()
+  abstract = jax.eval_shape(lambda: state)
+  restored, step = Checkpointer(str(tmp_path / "old")).restore_latest(abstract)
+  assert step == 7 and restored.frozen == {}
+  np.testing.assert_array_equal(restored.params["w"], [0.0, 1.0, 2.0])
+  # a state of another layout (a field renamed) is not taken for a damaged checkpoint
+  saver = Checkpointer(str(tmp_path / "other"))
+  saver.save(7, {**older, "generator": {"b": jnp.zeros(2)}})
+  saver.close()
+  with pytest.raises(UserError, match="holds the state fields .*generator.* left in place"):
+    Checkpointer(str(tmp_path / "other")).restore_latest(abstract)
+  assert os.listdir(tmp_path / "other") == ["7"]

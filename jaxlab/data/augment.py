@@ -4,6 +4,8 @@ Images enter as uint8 NHWC and leave as float32 in [0, 1]; models normalise
 (mean/std) themselves, so attacks and generators work in [0, 1] pixel space.
 """
 
+from typing import Tuple
+
 import jax
 import jax.numpy as jnp
 
@@ -88,3 +90,15 @@ def augment(images: jax.Array, key: jax.Array, *, crop_padding: int = 0,
     images = jnp.clip(images + noise * jax.random.normal(jax.random.fold_in(key, 4),
                                                          images.shape), 0.0, 1.0)
   return images
+
+
+def weak_and_strong(images: jax.Array, rng: jax.Array, config) -> Tuple[jax.Array, jax.Array]:
+  """FixMatch's two views (arXiv 2001.07685) of float images: weak = `config.aug`'s shift (+
+  flip); strong = the same ops + rotation, cutout and pixel noise of `config.ssl.strong_*`
+  (FixMatch-lite: no RandAugment). Shared by the SSL families."""
+  weak_key, strong_key = jax.random.split(rng)
+  weak = augment(images, weak_key, crop_padding=config.aug.crop_padding, flip=config.aug.flip)
+  strong = augment(images, strong_key, crop_padding=config.aug.crop_padding,
+                   flip=config.aug.flip, rotation=config.ssl.strong_rotation,
+                   cutout_size=config.ssl.strong_cutout, noise=config.ssl.strong_noise)
+  return weak, strong

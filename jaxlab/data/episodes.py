@@ -164,3 +164,10 @@ class SinusoidTask(_Episodes):
     y = amplitude * jnp.sin(x - phase)
     return {"support": {"x": x[:self.shots], "y": y[:self.shots]},
             "query": {"x": x[self.shots:], "y": y[self.shots:]}}
+
+
+def make_task(config, num_devices: int = 1):
+  """The episodic task `config.data` names: sinusoid regression, or N-way K-shot episodes."""
+  if config.data.name == "sinusoid":
+    return SinusoidTask(config, num_devices)
+  return EpisodicTask(config, num_devices)

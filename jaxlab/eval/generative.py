@@ -6,23 +6,17 @@ on the same data): FD = ||mu_r - mu_g||^2 + tr(S_r + S_g - 2 (S_r S_g)^(1/2)) be
 Gaussians fitted to the features of real and generated images (the FID formula, Heusel et al.
 2017, arXiv 1706.08500, with another feature extractor; FID values do not transfer). The same
 classifier's accuracy on class-conditional samples (does it see the class asked for?) is
-reported beside it, with its accuracy on the real images for reference.
+reported beside it, with its accuracy on the real images for reference. The classifier is a
+frozen input of the run (`jaxlab.train.inputs.classifier`).
 """
 
-import json
 import math
-import os
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from jaxlab import models
-from jaxlab.errors import UserError
-from jaxlab.models import gan
-from jaxlab.train.checkpoint import load_pretrained
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -35,39 +29,6 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
   root_a = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
   cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0.0, None)).sum()
   return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
-
-
-def classifier_config_path(workdir: str, field: str = "gan.score_classifier") -> str:
-  """`workdir`'s config.json, or a UserError naming `field` when it is not a jaxlab run."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    hint = ("a classifier trained on the same data (e.g. configs/erm.py:digits) or '' for no "
-            "quality score" if field == "gan.score_classifier" else "a classifier run")
-    raise UserError(f"{field}={workdir!r} is not a jaxlab run (no config.json); give the "
-                    f"workdir of {hint}")
-  return path
-
-
-def classifier_model(workdir: str, num_classes: int, field: str = "gan.score_classifier"):
-  """The model of the jaxlab classifier run in `workdir`, built from its config.json."""
-  with open(classifier_config_path(workdir, field)) as f:
-    return models.build(ml_collections.ConfigDict(json.load(f)["model"]), num_classes)
-
-
-def load_classifier(workdir: str, input_shape: Tuple[int, ...], num_classes: int,
-                    field: str = "gan.score_classifier"):
-  """(model, variables) of the jaxlab classifier trained in `workdir` (its config.json and
-  newest checkpoint); `field` names the config field in error messages."""
-  model = classifier_model(workdir, num_classes, field)
-  like = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + input_shape)))
-  return model, load_pretrained(workdir, dict(like), field=field)
-
-
-def load_generator(generator, workdir: str, field: str):
-  """The frozen variables {"params", "batch_stats"} of the `cgan` run in `workdir`, checked
-  against `generator` (a models.gan.ConditionalGenerator); `field` names the config field."""
-  like = jax.eval_shape(lambda: gan.init_generator(generator, jax.random.key(0)))
-  return load_pretrained(workdir, like, field=field)
 
 
 def in_chunks(fn: Callable, *arrays, chunk: int = 500):

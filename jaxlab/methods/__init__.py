@@ -1,27 +1,122 @@
-"""Methods, one module each, chosen by `config.method`.
+"""Method families, one module each, and the registry of their variants (`config.method`).
 
-A method module exposes pure functions (static pieces bound from the config):
+A family module holds the whole implementation of its variants and declares them:
+
+  VARIANTS = {"maml": Variant(first_order=False, adapt="all"),
+              "anil": Variant(first_order=False, adapt="head"), ...}
+
+next to its pure protocol functions (static pieces bound from the config; a variant may
+replace some with its own, `Variant(functions={"train_step": ...})`):
   make_task(config, num_devices) -> task      data + samplers (jaxlab.data.tasks)
-  init(config, rng, spec) -> state            a TrainState-like pytree
+  init(config, rng, spec) -> state            a TrainState pytree
   train_step(state, batch, rng, *, config, spec) -> (state, metrics)
   eval_step(state, batch, *, config, spec) -> per-example (or per-episode) metrics
-The generic loop in `jaxlab.train.loop` jits and shards them; notebooks can call
-them directly. Modules whose names start with `_` are helpers, not methods.
+and optionally start_from(state, train_data, *, config, spec) (state derived from the
+pretrained weights and frozen inputs, once, before the first step) and report(state, task,
+workdir, *, config, spec, write_files) (whole-run outputs).
+
+`get_method(name)` returns a `Method`: those functions with the variant's options bound
+(`functools.partial`: each function receives the options it names as keyword-only
+parameters), so a family never reads `config.method`, and the frozen inputs the variant reads
+from other runs (`jaxlab.train.inputs.Input`; `method.init` gives them placeholders in
+`state.frozen`, the training loop loads them). Code that two families share lives in a
+library package (`jaxlab.meta`, `jaxlab.eval`, `jaxlab.train`, ...): a family module never
+imports another.
 """
 
+import dataclasses
+import functools
 import importlib
-import pkgutil
-from types import ModuleType
-from typing import List
+import inspect
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from jaxlab.errors import unknown
+from jaxlab.train import inputs as inputs_lib
+
+FAMILIES = ("erm", "maml", "supermask", "finetune", "adversarial", "arrest", "cgan",
+            "generative_reg", "ssl", "meta_gen_ssl")
+PROTOCOL = ("make_task", "init", "train_step", "eval_step", "start_from", "report")
+
+
+class Variant:
+  """A variant's bound options (keyword arguments), the frozen inputs it reads, and the
+  protocol functions it has in place of its family module's."""
+
+  def __init__(self, *, inputs: Tuple[inputs_lib.Input, ...] = (),
+               functions: Optional[Mapping[str, Callable]] = None, **options):
+    self.inputs, self.options = tuple(inputs), dict(options)
+    self.functions = dict(functions or {})
+    unknown_functions = set(self.functions) - set(PROTOCOL)
+    if unknown_functions:
+      raise TypeError(f"Variant(functions=...) takes {PROTOCOL}, not {sorted(unknown_functions)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One registered variant: the family's protocol functions with its options bound."""
+  name: str
+  family: str                               # the module under jaxlab/methods
+  options: Mapping[str, Any]
+  inputs: Tuple[inputs_lib.Input, ...]
+  make_task: Callable
+  init: Callable
+  train_step: Callable
+  eval_step: Callable
+  start_from: Optional[Callable] = None
+  report: Optional[Callable] = None
+
+
+def _bind(fn: Callable, options: Mapping[str, Any]) -> Tuple[Callable, set]:
+  accepted = inspect.signature(fn).parameters
+  bound = {k: v for k, v in options.items() if k in accepted}
+  return (functools.partial(fn, **bound) if bound else fn), set(bound)
+
+
+def _with_placeholders(init: Callable, items) -> Callable:
+  """`init`, whose state also holds zeros of the frozen inputs' shapes in `frozen`."""
+  if not items:
+    return init
+  @functools.wraps(init)
+  def wrapped(config, rng, spec):
+    return init(config, rng, spec).replace(
+        frozen=inputs_lib.placeholders(items, config, spec))
+  return wrapped
+
+
+def _variant(family: str, module, name: str, variant: Variant) -> Method:
+  functions, used = {}, set()
+  for field in PROTOCOL:
+    fn = variant.functions.get(field, getattr(module, field, None))
+    if fn is not None:
+      functions[field], accepted = _bind(fn, variant.options)
+      used |= accepted
+  unused = set(variant.options) - used
+  if unused:  # a typo in a VARIANTS table, not a user error
+    raise TypeError(f"jaxlab.methods.{family}: variant {name!r} binds {sorted(unused)}, "
+                    "which none of its functions takes")
+  functions["init"] = _with_placeholders(functions["init"], variant.inputs)
+  return Method(name=name, family=family, options=dict(variant.options), inputs=variant.inputs,
+                **functions)
+
+
+@functools.lru_cache(maxsize=None)
+def registry() -> Dict[str, Method]:
+  """{variant name: Method} over every family."""
+  methods = {}
+  for family in FAMILIES:
+    module = importlib.import_module(f"{__name__}.{family}")
+    for name, variant in module.VARIANTS.items():
+      if name in methods:
+        raise TypeError(f"method {name!r} is declared by {methods[name].family} and {family}")
+      methods[name] = _variant(family, module, name, variant)
+  return methods
 
 
 def available() -> List[str]:
-  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+  return sorted(registry())
 
 
-def get_method(name: str) -> ModuleType:
-  if name not in available():
+def get_method(name: str) -> Method:
+  if name not in registry():
     raise unknown("method (config.method)", name, available())
-  return importlib.import_module(f"{__name__}.{name}")
+  return registry()[name]

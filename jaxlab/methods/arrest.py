@@ -1,10 +1,13 @@
 """`arrest`: adversarial fine-tuning with representation-guided distillation and noisy
 replay (ARREST, Suzuki et al., ICCV 2023, arXiv 2308.16454).
 
+Variants: `arrest` (no bound options; its four arms of §1(g) are config flags).
 Spec: shared/methods/robustness_tta_merging.md §1. Only the abstract could be read, so the
 losses are the spec's reconstruction ([R]); every open choice is a flag in `config.arrest`:
   AFT    the run starts from a standardly trained model (`init_from`, required), which
-         also stays, frozen, as the teacher in the state;
+         also stays, frozen, as the teacher (the input `teacher`, in `state.frozen`; by
+         default the `init_from` run, or another run of the same architecture named by
+         `inputs.teacher`);
   RGKD   + `rgkd_weight` * mean d(g(x~), sg(g_pre(x))): the student's penultimate features
          of the input it trains on (`rgkd_student_input="same_as_ce"`, or "clean") against
          the teacher's features of the clean input (eval mode); d = `rgkd_distance`:
@@ -14,14 +17,12 @@ losses are the spec's reconstruction ([R]); every open choice is a flag in `conf
          `nr_scope="per_batch"`), trains on clip(x + noise) instead of its PGD example;
          noise U[-eps, eps] (`nr_noise="uniform"`) or N(0, `nr_sigma`^2) ("gaussian").
          The spec's third reading (noise at an angle phi to the attack) is not implemented.
-The adversarial examples are `pgd_at`'s (PGD-CE on the current model). The four arms of
-§1(g) are AFT (rgkd_weight=0, noisy_replay=False), AFT+RGKD, AFT+NR and ARREST (both).
-Evaluation is `erm`'s plus `feature_cosine`: cos(g(x), g_pre(x)) on the clean test inputs.
+The adversarial examples are PGD-AT's (PGD-CE on the current model, `jaxlab.eval.attacks`).
+The four arms of §1(g) are AFT (rgkd_weight=0, noisy_replay=False), AFT+RGKD, AFT+NR and
+ARREST (both). Evaluation is the classifier's (`jaxlab.eval.classification`) plus
+`feature_cosine`: cos(g(x), g_pre(x)) on the clean test inputs.
 """
 
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,17 +30,18 @@ import optax
 from jaxlab import models
 from jaxlab.data import tasks
 from jaxlab.errors import UserError, unknown
-from jaxlab.methods import erm, pgd_at
-from jaxlab.train import losses, optim
+from jaxlab.eval import attacks, classification
+from jaxlab.methods import Variant
+from jaxlab.train import inputs, losses, optim, supervised
 from jaxlab.train.state import TrainState
 
 DISTANCES = ("one_minus_cos", "angle", "l2", "l2_on_normalized")
 
+TEACHER = inputs.own_model("teacher", "a run of this model, the frozen teacher (default: the "
+                           "init_from run)", fallback="init_from")
+VARIANTS = {"arrest": Variant(inputs=(TEACHER,))}
 
-@flax.struct.dataclass
-class ArrestState(TrainState):
-  teacher_params: Any        # the pretrained model, frozen
-  teacher_model_state: Any
+init = supervised.init
 
 
 def make_task(config, num_devices: int = 1) -> tasks.SupervisedTask:
@@ -55,19 +57,7 @@ def make_task(config, num_devices: int = 1) -> tasks.SupervisedTask:
                               ("nr_noise", a.nr_noise, ("uniform", "gaussian"))):
     if value not in valid:
       raise unknown(f"arrest.{field}", value, valid)
-  return erm.make_task(config, num_devices)
-
-
-def init(config, rng: jax.Array, spec: tasks.Spec) -> ArrestState:
-  state = erm.init(config, rng, spec)
-  return ArrestState(**vars(state), teacher_params=state.params,
-                     teacher_model_state=state.model_state)
-
-
-def start_from(state: ArrestState, train_data, *, config, spec) -> ArrestState:
-  """The pretrained weights, already the starting point, become the frozen teacher too."""
-  del train_data, config, spec
-  return state.replace(teacher_params=state.params, teacher_model_state=state.model_state)
+  return tasks.SupervisedTask(config, num_devices)
 
 
 def distance(student: jax.Array, teacher: jax.Array, kind: str) -> jax.Array:
@@ -84,17 +74,20 @@ def distance(student: jax.Array, teacher: jax.Array, kind: str) -> jax.Array:
   raise unknown("arrest.rgkd_distance", kind, DISTANCES)
 
 
-def _features(model, params, model_state, x):
+def _features(model, variables, x):
   """Eval-mode penultimate features, no gradient."""
-  return jax.lax.stop_gradient(
-      model.apply({"params": params, **model_state}, x, train=False, return_features=True))
+  return jax.lax.stop_gradient(model.apply(variables, x, train=False, return_features=True))
 
 
-def noisy_replay(state: ArrestState, x, x_adv, teacher_features, rng, *, config, spec):
+def _student(state: TrainState):
+  return {"params": state.params, **state.model_state}
+
+
+def noisy_replay(state: TrainState, x, x_adv, teacher_features, rng, *, config, spec):
   """(training inputs, switched mask, drift cosine): NR's replacement of drifted examples."""
   a, eps = config.arrest, config.adv.train_eps
   model = models.build(config.model, spec.num_classes)
-  drift = losses.cosine_similarity(_features(model, state.params, state.model_state, x), teacher_features)
+  drift = losses.cosine_similarity(_features(model, _student(state), x), teacher_features)
   switch = drift < a.nr_threshold
   if a.nr_scope == "per_batch":
     switch = jnp.broadcast_to(drift.mean() < a.nr_threshold, drift.shape)
@@ -107,20 +100,23 @@ def noisy_replay(state: ArrestState, x, x_adv, teacher_features, rng, *, config,
   return chosen, switch, drift
 
 
-def train_step(state: ArrestState, batch, rng: jax.Array, *, config, spec: tasks.Spec):
+def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.Spec):
   a = config.arrest
   attack_rng, dropout_rng = jax.random.split(rng)  # as pgd_at: AFT alone is its step
   noise_rng = jax.random.fold_in(attack_rng, 1)
   x, y = batch["image"], batch["label"]
-  x_adv = pgd_at.adversarial_batch(state, batch, attack_rng, config=config, spec=spec)["image"]
   model = models.build(config.model, spec.num_classes)
-  teacher = _features(model, state.teacher_params, state.teacher_model_state, x)
+  adv = config.adv
+  x_adv = jax.lax.stop_gradient(attacks.pgd(
+      models.logits_fn(model, _student(state), train=adv.attack_train_mode), x, y, attack_rng,
+      eps=adv.train_eps, step_size=adv.step_size, steps=adv.steps))
+  teacher = _features(model, state.frozen["teacher"], x)
   if a.noisy_replay:
     x_train, switch, drift = noisy_replay(state, x, x_adv, teacher, noise_rng, config=config,
                                           spec=spec)
   else:  # the drift is still logged: it is what RGKD is meant to keep high
     x_train, switch = x_adv, jnp.zeros(y.shape, bool)
-    drift = losses.cosine_similarity(_features(model, state.params, state.model_state, x), teacher)
+    drift = losses.cosine_similarity(_features(model, _student(state), x), teacher)
   mutable = list(state.model_state)
 
   def loss_fn(params):
@@ -137,20 +133,16 @@ def train_step(state: ArrestState, batch, rng: jax.Array, *, config, spec: tasks
 
   (loss, (logits, ce, rgkd, model_state)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  tx = optim.make_optimizer(config.optimizer, config.train.steps)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
   metrics = {"loss": loss, "ce": ce, "rgkd": rgkd, "accuracy": losses.correct(logits, y).mean(),
              "nr_fraction": switch.mean(dtype=jnp.float32), "drift_cosine": drift.mean(),
              "grad_norm": optax.tree.norm(grads)}
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       model_state=model_state, opt_state=opt_state), metrics
+  return optim.apply_gradients(state, grads, config, model_state=model_state), metrics
 
 
-def eval_step(state: ArrestState, batch, *, config, spec: tasks.Spec):
-  metrics = erm.eval_step(state, batch, config=config, spec=spec)
+def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
+  metrics = classification.eval_step(state, batch, config=config, spec=spec)
   model = models.build(config.model, spec.num_classes)
   x = batch["image"]
   metrics["feature_cosine"] = losses.cosine_similarity(
-      _features(model, state.params, state.model_state, x),
-      _features(model, state.teacher_params, state.teacher_model_state, x))
+      _features(model, _student(state), x), _features(model, state.frozen["teacher"], x))
   return metrics

@@ -1,5 +1,7 @@
-"""`cgan`: trains the class-conditional GAN that MGR, GDA and PCR use as a frozen generator.
+"""`cgan`: trains the class-conditional GAN that MGR, GDA, PCR, P-SSL and meta-gen-SSL use as a
+frozen generator.
 
+Variants: `cgan`.
 Spec: shared/methods/generative_and_finetuning.md §0.4 (conditional generator interface) and
 §2(g) (a tiny conditional GAN trained on the full digits training split). Model: conditional-
 BatchNorm generator and projection discriminator with spectral normalisation
@@ -14,9 +16,11 @@ State: `params`/`model_state` are the generator's ({"batch_stats"}), so another 
 with `load_pretrained(workdir, like=generator variables)`; the discriminator rides along.
 Evaluation: mean discriminator scores of the real split and of class-matched samples. At the
 end (`report`): `samples.png` (a grid of samples, one row per class, up to 10 classes) and,
-with `gan.score_classifier` set, the quality score of `jaxlab.eval.generative` on the
+with `inputs.score_classifier` set, the quality score of `jaxlab.eval.generative` on the
 `gan.score_split` split: `quality/frechet_distance`, `quality/sample_accuracy`,
-`quality/real_accuracy`.
+`quality/real_accuracy`. The score classifier is the optional frozen input `score_classifier`
+(`inputs.score_classifier`, a classifier run on the same data, e.g. configs/erm.py:digits),
+read and checked before training like every input.
 """
 
 import os
@@ -30,10 +34,17 @@ import optax
 
 from jaxlab.data import augment, tasks
 from jaxlab.eval import generative
-from jaxlab.methods import erm
+from jaxlab.methods import Variant
 from jaxlab.models import gan
-from jaxlab.train import optim
+from jaxlab.train import inputs, optim
 from jaxlab.train.state import TrainState
+
+SCORE_CLASSIFIER = inputs.classifier(
+    "score_classifier", "a classifier run on the same data (e.g. configs/erm.py:digits)",
+    classes=lambda config, spec: spec.num_classes, required=False)
+VARIANTS = {"cgan": Variant(inputs=(SCORE_CLASSIFIER,))}
+
+make_task = tasks.SupervisedTask
 
 
 @flax.struct.dataclass
@@ -41,12 +52,6 @@ class GANState(TrainState):
   disc_params: Any
   disc_state: Any          # {"spectral": power-iteration vectors}
   disc_opt_state: Any
-
-
-def make_task(config, num_devices: int = 1) -> tasks.SupervisedTask:
-  if config.gan.score_classifier:  # checked before training, used at the end
-    generative.classifier_config_path(config.gan.score_classifier)
-  return erm.make_task(config, num_devices)
 
 
 def _networks(config, spec: tasks.Spec):
@@ -70,14 +75,6 @@ def init(config, rng: jax.Array, spec: tasks.Spec) -> GANState:
       disc_opt_state=optim.make_optimizer(config.gan.disc_optimizer, total).init(d_params))
 
 
-def sample_conditions(rng: jax.Array, batch: int, num_classes: int, latent_dim: int):
-  """z ~ N(0, I) [B, latent_dim], uniform classes [B] and their one-hot c [B, K]."""
-  z_key, c_key = jax.random.split(rng)
-  labels = jax.random.randint(c_key, (batch,), 0, num_classes)
-  return (jax.random.normal(z_key, (batch, latent_dim)), labels,
-          jax.nn.one_hot(labels, num_classes))
-
-
 def train_step(state: GANState, batch, rng: jax.Array, *, config, spec: tasks.Spec):
   generator, discriminator = _networks(config, spec)
   total = config.train.steps
@@ -88,7 +85,7 @@ def train_step(state: GANState, batch, rng: jax.Array, *, config, spec: tasks.Sp
   d_tx = optim.make_optimizer(config.gan.disc_optimizer, total)
 
   for i in range(config.gan.disc_steps):
-    z, _, c = sample_conditions(jax.random.fold_in(rng, i), n, spec.num_classes,
+    z, _, c = gan.sample_conditions(jax.random.fold_in(rng, i), n, spec.num_classes,
                                 generator.latent_dim)
     fake, _ = generator.apply(g_vars, z, c, train=True, mutable=["batch_stats"])
     fake = jax.lax.stop_gradient(fake)
@@ -106,7 +103,7 @@ def train_step(state: GANState, batch, rng: jax.Array, *, config, spec: tasks.Sp
     updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, updates)
 
-  z, _, c = sample_conditions(jax.random.fold_in(rng, config.gan.disc_steps), n, spec.num_classes,
+  z, _, c = gan.sample_conditions(jax.random.fold_in(rng, config.gan.disc_steps), n, spec.num_classes,
                               generator.latent_dim)
 
   def gen_loss(params):
@@ -143,7 +140,7 @@ def eval_step(state: GANState, batch, *, config, spec: tasks.Spec):
 
 def report(state: GANState, task, workdir: str, *, config, spec: tasks.Spec,
            write_files: bool = True) -> Dict[str, float]:
-  """The sample grid (`samples.png`) and, with `gan.score_classifier`, the quality score."""
+  """The sample grid (`samples.png`) and, with `inputs.score_classifier`, the quality score."""
   latent_dim, k = config.generator.latent_dim, spec.num_classes
   sample = jax.jit(lambda z, c: generate(config, state, spec, z, c))
   key = jax.random.key(config.seed + 4)
@@ -153,14 +150,14 @@ def report(state: GANState, task, workdir: str, *, config, spec: tasks.Spec,
     z = jax.random.normal(jax.random.fold_in(key, 0), (len(labels), latent_dim))
     images = np.asarray(sample(z, jax.nn.one_hot(labels, k)))
     generative.save_image_grid(os.path.join(workdir, "samples.png"), images, columns=10)
-  if not config.gan.score_classifier:
+  if "score_classifier" not in state.frozen:
     return {}
   real = task.split_arrays(config.gan.score_split)
   labels = real["label"]
   z = jax.random.normal(jax.random.fold_in(key, 1), (len(labels), latent_dim))
   fakes = generative.in_chunks(lambda zs, ys: sample(zs, jax.nn.one_hot(ys, k)), z, labels)
-  model, variables = generative.load_classifier(config.gan.score_classifier,
-                                                tuple(spec.input_shape), k)
+  model = inputs.classifier_model(config, "score_classifier", k)
+  variables = jax.device_get(state.frozen["score_classifier"])
   scores = generative.quality(model, variables, np.asarray(augment.to_float(real["image"])),
                               labels, fakes, labels)
   return {f"quality/{name}": value for name, value in scores.items()}

@@ -1,18 +1,19 @@
 """`meta_gen_ssl`: semi-supervised learning whose unlabeled data are meta-optimised samples of
 a frozen conditional generator, with no real unlabeled image.
 
+Variants: `meta_gen_ssl` (the full method and, by flag, its non-meta arms of §3(g)).
 Yamaguchi, "Generative Semi-supervised Learning with Meta-Optimized Synthetic Samples"
 (ACML 2023, arXiv 2309.16143); spec: shared/methods/generative_and_finetuning.md §3. The
 paper's method name and loss details were not retrieved ([N]); what is here is the spec's
 reconstruction [R], each open choice a `config.meta_gen_ssl` flag.
 
 A pool of P latent pairs nu_j = (u_j, a_j) (`pool_size`; the presets use 10x the labels)
-drives the frozen generator G (`generator`, a `cgan` run): x_j = G(u_j, softmax(a_j)). Each
-latent is tied to a labeled anchor image x_pi(j), pi(j) = j mod N (N labeled images). At the
-start u_j ~ N(0, I) and a_j = log C_s(x_pi(j)) with the frozen source classifier C_s
-(`source_classifier`, a classifier run on the generator's classes: "pseudo conditional
-sampling", `latent_init="pseudo_conditional"`), or a_j = log one-hot of a uniform class
-(`latent_init="random"`). Per iteration, on a mini-batch nu_b of `synthetic_batch` latents:
+drives the frozen generator G (the input `generator`, a `cgan` run):
+x_j = G(u_j, softmax(a_j)). Each latent is tied to a labeled anchor image x_pi(j),
+pi(j) = j mod N (N labeled images). At the start u_j ~ N(0, I) and a_j = log C_s(x_pi(j)) with
+the frozen source classifier C_s (the input `source_classifier`, a classifier run on the
+generator's classes: "pseudo conditional sampling", `latent_init="pseudo_conditional"`), or
+a_j = log one-hot of a uniform class (`latent_init="random"`). Per iteration, on a mini-batch nu_b of `synthetic_batch` latents:
   (i)  meta phase (`meta=True`; the classifier theta constant): one Adam step on nu_b (lr
        `lr_u` on u, `lr_a` on a; Adam runs on the whole pool, the rows outside nu_b getting a
        zero gradient) on
@@ -49,24 +50,35 @@ import optax
 from jaxlab import meta, models
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError, unknown
-from jaxlab.methods import erm, fixmatch, pssl
-from jaxlab.train import losses, optim
+from jaxlab.eval import classification
+from jaxlab.methods import Variant
+from jaxlab.train import inputs, losses, optim, supervised
+from jaxlab.train.state import TrainState
 
 LATENT_INITS = ("pseudo_conditional", "random")
 TARGET_VIEWS = ("weak", "identity")
 RESEMBLANCE_ENCODERS = ("classifier", "source")
 META_VAL = ("train", "validation")
 
-eval_step = erm.eval_step
+_source_classes = lambda config, spec: config.meta_gen_ssl.source_classes
+VARIANTS = {"meta_gen_ssl": Variant(inputs=(
+    inputs.generator("generator", "a cgan run on the generator's classes (see configs/ssl.py)",
+                     classes=_source_classes),
+    inputs.classifier("source_classifier", "a classifier run on the generator's classes (see "
+                      "configs/ssl.py)", classes=_source_classes)))}
+
+eval_step = classification.eval_step
 
 
 @flax.struct.dataclass
-class MetaGenSslState(pssl.PsslState):  # + the frozen `generator` and `source_classifier`
+class MetaGenSslState(TrainState):  # + the frozen `generator` and `source_classifier`
   latents: Any             # {"u": [P, d_u], "a": [P, source classes]}
   latent_opt_state: Any
 
 
-BLOCK = "meta_gen_ssl"  # the config block naming the frozen generator and C_s (pssl's helpers)
+def _source_model(config):
+  return inputs.classifier_model(config, "source_classifier",
+                                 config.meta_gen_ssl.source_classes)
 
 
 def _latent_optimizer(config) -> optax.GradientTransformation:
@@ -105,9 +117,6 @@ class MetaGenSslTask(tasks.SupervisedTask):
       batch.update(val_image=images, val_label=labels)
     return batch
 
-  def frozen_variables(self):
-    return pssl.load_frozen(self._config, self.spec, BLOCK)  # placed by the loop
-
 
 def make_task(config, num_devices: int = 1) -> MetaGenSslTask:
   m = config.meta_gen_ssl
@@ -119,14 +128,12 @@ def make_task(config, num_devices: int = 1) -> MetaGenSslTask:
                                 ("hvp_mode", m.hvp_mode, meta.HVP_MODES)):
     if value not in choices:
       raise unknown(f"meta_gen_ssl.{field}", value, choices)
-  pssl.check_frozen_runs(config, BLOCK, "the generator's classes", "configs/ssl.py")
   if m.pool_size < m.synthetic_batch:
     raise UserError(f"meta_gen_ssl.pool_size={m.pool_size} must be >= "
                     f"meta_gen_ssl.synthetic_batch={m.synthetic_batch}")
   if m.meta and m.meta_val == "validation" and not config.data.val_fraction > 0:
     raise UserError("meta_gen_ssl.meta_val='validation' needs data.val_fraction > 0 "
                     "(or meta_val='train')")
-  fixmatch.check_ssl(config)
   return MetaGenSslTask(config, num_devices)
 
 
@@ -134,13 +141,12 @@ def init(config, rng: jax.Array, spec: tasks.Spec) -> MetaGenSslState:
   """Placeholder latents of the right shapes; `start_from` sets them from the labeled images
   (Adam's initial state depends on the shapes only, so it is final here)."""
   m = config.meta_gen_ssl
-  state = erm.init(config, rng, spec)
+  state = supervised.init(config, rng, spec)
   latents = {"u": jnp.zeros((m.pool_size, config.generator.latent_dim)),
              "a": jnp.zeros((m.pool_size, m.source_classes))}
   return MetaGenSslState(step=state.step, params=state.params, model_state=state.model_state,
                          opt_state=state.opt_state, latents=latents,
-                         latent_opt_state=_latent_optimizer(config).init(latents),
-                         **pssl.frozen_placeholders(config, rng, spec, BLOCK))
+                         latent_opt_state=_latent_optimizer(config).init(latents))
 
 
 def renormalise(u: jax.Array) -> jax.Array:
@@ -163,7 +169,7 @@ def initial_latents(config, state: MetaGenSslState, labeled_images: jax.Array,
     a = jnp.log(jnp.maximum(jax.nn.one_hot(labels, m.source_classes), 1e-6))
   else:
     anchors = labeled_images[jnp.arange(m.pool_size) % labeled_images.shape[0]]
-    logits = pssl.source_model(config, BLOCK).apply(state.source_classifier, anchors, train=False)
+    logits = _source_model(config).apply(state.frozen["source_classifier"], anchors, train=False)
     a = jax.nn.log_softmax(logits)
   return {"u": u, "a": a}
 
@@ -177,8 +183,9 @@ def start_from(state: MetaGenSslState, train_data, *, config, spec: tasks.Spec):
 
 def synthesize(config, spec: tasks.Spec, generator_variables, latents) -> jax.Array:
   """G(u, softmax(a)) for a batch of latents; differentiable in them."""
-  return pssl.generator_model(config, spec, BLOCK).apply(generator_variables, latents["u"],
-                                        jax.nn.softmax(latents["a"]), train=False)
+  generator = inputs.generator_model(config, spec, config.meta_gen_ssl.source_classes)
+  return generator.apply(generator_variables, latents["u"], jax.nn.softmax(latents["a"]),
+                         train=False)
 
 
 def cosine_distance(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -194,7 +201,7 @@ def unsupervised_loss(config, features_fn, params, images: jax.Array,
   branch, not on its input: the meta-gradient still sees how the target features move with
   the latents."""
   m = config.meta_gen_ssl
-  weak, strong = fixmatch.weak_and_strong(config, images, rng)
+  weak, strong = augment.weak_and_strong(images, rng, config)
   target = weak if m.target_view == "weak" else images
   target_params = jax.lax.stop_gradient(params) if m.unsup_stop_gradient else params
   return cosine_distance(features_fn(params, strong), features_fn(target_params, target)).mean()
@@ -222,7 +229,7 @@ def classifier_loss(config, spec, state: MetaGenSslState, params, batch, synthet
 def resemblance_loss(config, spec, state: MetaGenSslState, synthetic, anchors) -> jax.Array:
   """L_sim: mean 1 - cos(e(x_j), e(x_pi(j))) with e a frozen encoder (no gradient to it)."""
   if config.meta_gen_ssl.resemblance_encoder == "source":
-    model, variables = pssl.source_model(config, BLOCK), state.source_classifier
+    model, variables = _source_model(config), state.frozen["source_classifier"]
   else:
     model = models.build(config.model, spec.num_classes)
     variables = {"params": state.params, **state.model_state}
@@ -238,7 +245,7 @@ def meta_objective(config, spec, state: MetaGenSslState, batch, latents, rng, in
   model = models.build(config.model, spec.num_classes)
 
   def inner_loss(params, nu):
-    synthetic = synthesize(config, spec, state.generator, nu)
+    synthetic = synthesize(config, spec, state.frozen["generator"], nu)
     return classifier_loss(config, spec, state, params, batch, synthetic, rng)[0]
 
   def outer_loss(params):
@@ -254,7 +261,7 @@ def meta_objective(config, spec, state: MetaGenSslState, batch, latents, rng, in
   else:  # the look-ahead switched off (a test checks L_sim alone then decreases)
     val_loss, val_grad = jnp.zeros(()), jax.tree.map(jnp.zeros_like, latents)
   sim, sim_grad = jax.value_and_grad(lambda nu: resemblance_loss(
-      config, spec, state, synthesize(config, spec, state.generator, nu),
+      config, spec, state, synthesize(config, spec, state.frozen["generator"], nu),
       batch["anchor_image"]))(latents)
   grads = jax.tree.map(lambda v, s: v + m.beta * s, val_grad, sim_grad)
   return m.meta_weight * val_loss + m.beta * sim, (val_loss, sim), grads
@@ -288,15 +295,13 @@ def train_step(state: MetaGenSslState, batch, rng: jax.Array, *, config, spec: t
                                                    inner_lr)
   nu = jax.tree.map(lambda x: x[batch["latent_index"]], latents)
   chex.assert_shape(nu["a"], (m.synthetic_batch, m.source_classes))
-  synthetic = jax.lax.stop_gradient(synthesize(config, spec, state.generator, nu))
+  synthetic = jax.lax.stop_gradient(synthesize(config, spec, state.frozen["generator"], nu))
 
   def loss_fn(params):
     return classifier_loss(config, spec, state, params, batch, synthetic, step_key)
 
   (loss, (ce, unsup, logits, model_state)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  tx = optim.make_optimizer(config.optimizer, total)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
   conditions = jax.nn.softmax(nu["a"])
   metrics.update({
       "loss": loss, "ce": ce, "unsup": unsup, "grad_norm": optax.tree.norm(grads),
@@ -306,6 +311,5 @@ def train_step(state: MetaGenSslState, batch, rng: jax.Array, *, config, spec: t
       "meta/anchor_class_agreement": (jnp.argmax(conditions, -1)
                                       == batch["anchor_label"]).mean(),
       "meta/condition_entropy": losses.entropy(conditions).mean()})
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       model_state=model_state, opt_state=opt_state, latents=latents,
-                       latent_opt_state=latent_opt_state), metrics
+  return optim.apply_gradients(state, grads, config, model_state=model_state, latents=latents,
+                               latent_opt_state=latent_opt_state), metrics

@@ -41,7 +41,7 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   return cls(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build", "logits_and_features", "MLP", "ConvNet", "Conv4", "Conv6",
+__all__ = ["MODELS", "build", "logits_and_features", "logits_fn", "MLP", "ConvNet", "Conv4", "Conv6",
            "ResNet12", "ResNet18", "ResNet50", "WideResNet", "Dense", "Conv", "BatchStatNorm",
            "kernel_init", "INITS", "NORMS"]
 
@@ -57,3 +57,12 @@ def logits_and_features(model: nn.Module, variables, x, *, train: bool, mutable=
   state = dict(state)
   features = state.pop("intermediates")["features"][0]
   return out, features, state
+
+
+def logits_fn(model: nn.Module, variables, *, train: bool = False):
+  """The model as a function of its input only, e.g. for an attack. With `train=True` it
+  normalises with batch statistics but never keeps the updated running ones."""
+  if not train:
+    return lambda x: model.apply(variables, x, train=False)
+  mutable = [k for k in variables if k != "params"]
+  return lambda x: model.apply(variables, x, train=True, mutable=mutable)[0]

@@ -154,3 +154,12 @@ def init_generator(generator: ConditionalGenerator, rng: jax.Array):
   z = jnp.zeros((2, generator.latent_dim))
   c = jnp.zeros((2, generator.num_classes))
   return dict(generator.init(rng, z, c, train=False))
+
+
+def sample_conditions(rng: jax.Array, batch: int, num_classes: int, latent_dim: int):
+  """The generator's prior: z ~ N(0, I) [B, latent_dim], uniform classes [B] and their one-hot
+  c [B, K]."""
+  z_key, c_key = jax.random.split(rng)
+  labels = jax.random.randint(c_key, (batch,), 0, num_classes)
+  return (jax.random.normal(z_key, (batch, latent_dim)), labels,
+          jax.nn.one_hot(labels, num_classes))

@@ -12,6 +12,7 @@ run's newest checkpoint, or an `.npz` of arrays named by path ("params/Dense_0/k
 "batch_stats/...") for weights converted elsewhere.
 """
 
+import dataclasses
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -43,15 +44,47 @@ class Checkpointer:
     """(state, step) from the newest readable checkpoint, or None if there is none.
 
     `abstract_state` is a pytree of `jax.ShapeDtypeStruct` with shardings, e.g.
-    from `jax.eval_shape`, giving structure, dtypes and placement.
+    from `jax.eval_shape`, giving structure, dtypes and placement. A checkpoint written
+    before states had a `frozen` field restores as one whose `frozen` is empty, when the
+    state has no frozen inputs; one whose state fields differ otherwise (another layout,
+    not a corruption) stops the run with one line and is left in place.
     """
     for step in reversed(self.steps()):
       try:
         state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
         return state, step
       except Exception as e:  # pylint: disable=broad-except
+        older = self._restore_older_layout(step, abstract_state)
+        if older is not None:
+          return older, step
         self._set_aside(step, e)
     return None
+
+  def _saved_fields(self, step: int) -> Optional[set]:
+    try:
+      metadata = ocp.StandardCheckpointer().metadata(
+          os.path.join(self.directory, str(step), "default"))
+      return set(metadata.item_metadata.tree)
+    except Exception:  # pylint: disable=broad-except
+      return None  # unreadable metadata: a damaged checkpoint
+
+  def _restore_older_layout(self, step: int, abstract_state: Any):
+    """The state from a checkpoint without `frozen` (jaxlab before the inputs block), or None
+    when the checkpoint's fields are those expected (then it is damaged)."""
+    saved = self._saved_fields(step)
+    expected = {f.name for f in dataclasses.fields(abstract_state)} if (
+        dataclasses.is_dataclass(abstract_state)) else None
+    if saved is None or expected is None or saved == expected:
+      return None
+    if saved == expected - {"frozen"} and not jax.tree.leaves(abstract_state.frozen):
+      target = {name: getattr(abstract_state, name) for name in saved}
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
+      return abstract_state.replace(**restored)
+    raise UserError(
+        f"the checkpoint at step {step} in {self.directory} holds the state fields "
+        f"{sorted(saved)}, this jaxlab's {type(abstract_state).__name__} has {sorted(expected)}: "
+        "it was written by another version of the method; it is left in place (resume it "
+        "with the jaxlab that wrote it, or use a new --workdir)")
 
   def _set_aside(self, step: int, error: Exception) -> None:
     path = os.path.join(self.directory, str(step))

@@ -6,11 +6,10 @@ What it does, in order:
      user can get wrong before writing to `workdir`;
   3. restores the newest readable checkpoint, or initialises the state
      replicated on the mesh (from the weights of `config.init_from` when set: another
-     run's workdir or an .npz, less the `init_skip` prefixes; a method whose state holds
-     more, e.g. a frozen teacher, fills it in `start_from(state, train_data, *, config,
-     spec)`, called with the pretrained weights already in place; a task's optional
-     `frozen_variables()`, {state field: weights read from elsewhere} such as MGR's
-     generator, is put into those state fields first);
+     run's workdir or an .npz, less the `init_skip` prefixes; the method's frozen inputs,
+     `config.inputs.*` read by `jaxlab.train.inputs.load` before anything is written, go to
+     `state.frozen`; a method whose state holds more, e.g. fine-tuning's priors, fills it in
+     `start_from(state, train_data, *, config, spec)`, called with both in place);
   4. runs the jitted step: the task draws the batch on device from
      `fold_in(data_key, step)`, the batch is sharded on `data`, the method
      updates the state with `fold_in(step_key, step)`; so a resumed run
@@ -44,7 +43,7 @@ from flax import traverse_util
 
 from jaxlab import methods
 from jaxlab.errors import TrainingDiverged, UserError
-from jaxlab.train import sharding
+from jaxlab.train import inputs, sharding
 from jaxlab.train.checkpoint import Checkpointer, load_pretrained
 from jaxlab.train.metrics import MetricWriter
 
@@ -163,8 +162,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     pretrained = load_pretrained(config.init_from,
                                  {"params": abstract.params, **abstract.model_state},
                                  skip=config.get("init_skip", ""))
-  # frozen weights the method reads from elsewhere (e.g. MGR's generator), also checked now
-  frozen = getattr(task, "frozen_variables", lambda: None)()
+  # frozen weights the method reads from other runs (e.g. MGR's generator), also checked now
+  frozen = inputs.load_method_inputs(method, config, spec)
 
   os.makedirs(workdir, exist_ok=True)
   if lead:
@@ -176,9 +175,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   restored = checkpoints.restore_latest(abstract)
   if restored is None:
     state, start = jax.jit(init, out_shardings=state_sharding)(init_key), 0
-    if pretrained is not None or frozen is not None:
-      extra = getattr(method, "start_from", lambda s, d, **_: s)
-      place = lambda s, p, f: (s if p is None else _with_pretrained(s, p)).replace(**(f or {}))
+    if pretrained is not None or frozen or method.start_from:
+      extra = method.start_from or (lambda s, d, **_: s)
+      place = lambda s, p, f: (s if p is None else _with_pretrained(s, p)).replace(frozen=f)
       begin = lambda s, p, f, d: extra(place(s, p, f), d, config=config, spec=spec)
       state = jax.jit(begin, out_shardings=state_sharding)(state, pretrained, frozen, train_data)
   else:
@@ -260,7 +259,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     for split in eval_splits:
       writer.write(results["step"], split, {k.split("/", 1)[1]: v for k, v in results.items()
                                             if k.startswith(split + "/")})
-    if hasattr(method, "report"):  # whole-run outputs (e.g. a generator's samples and score)
+    if method.report:  # whole-run outputs (e.g. a generator's samples and score)
       results.update(method.report(state, task, workdir, config=config, spec=spec,
                                    write_files=lead))
   finally:

@@ -5,7 +5,11 @@ Fields: name (`sgd`, `adam`, `adamw`), learning_rate, schedule (`constant`,
 step_boundaries/step_factor (for `step`), momentum, nesterov, b1, b2, eps,
 weight_decay (decoupled for adamw, L2 added to the gradient for sgd/adam, as
 PyTorch's `weight_decay`), grad_clip_norm, grad_clip_value (0: off).
+
+`apply_gradients` is the one optimizer step of a train state, shared by every method.
 """
+
+from typing import Optional
 
 import optax
 
@@ -56,3 +60,13 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   else:
     raise unknown("optimizer (optimizer.name)", cfg.name, OPTIMIZERS)
   return optax.chain(*parts)
+
+
+def apply_gradients(state, grads, config, tx: Optional[optax.GradientTransformation] = None,
+                    **fields):
+  """`state` after one step of `tx` (default: `config.optimizer` over `config.train.steps`)
+  on `grads`: params and opt_state updated, step + 1, the other `fields` replaced."""
+  tx = tx or make_optimizer(config.optimizer, config.train.steps)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state, **fields)

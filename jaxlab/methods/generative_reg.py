@@ -1,15 +1,26 @@
-"""The shared step of `gda`, `pcr` and `mgr`: a classifier regularised with samples of a
-frozen class-conditional generator, optionally with a meta-learned latent sampler.
+"""Generative regularisation: a classifier regularised with samples of a frozen
+class-conditional generator, optionally with a meta-learned latent sampler.
 
-Spec: shared/methods/generative_and_finetuning.md §2 (MGR, Yamaguchi et al., NeurIPS 2023,
-arXiv 2307.13899) and §0.4. The paper's loss details are not retrieved ([N]); what is here is
-the spec's reconstruction [R], every open choice a `config.generative` flag.
+Papers and variants (bound options `regulariser` and the default `sampler`):
+  `gda`  naive generative data augmentation, the baseline of MGR: CE(real) + lambda_g
+         CE(f(G(u, c)), c), u ~ N(0, I), c uniform (regulariser gda, sampler uniform;
+         `generative.sampler="finder"` gives the GDA + MPS ablation);
+  `pcr`  pseudo consistency regularisation with uniform latents (regulariser pcr, sampler
+         uniform);
+  `mgr`  meta generative regularisation, Yamaguchi et al., NeurIPS 2023 (arXiv 2307.13899):
+         PCR + meta pseudo sampling, a finder MLP meta-learned through the classifier's
+         one-step look-ahead (regulariser pcr, sampler finder).
+The frozen generator is the input `generator` (`inputs.generator`: a `cgan` run on the task's
+classes, e.g. configs/cgan.py:digits), in `state.frozen`.
+Spec: shared/methods/generative_and_finetuning.md §2 and §0.4. The paper's loss details are
+not retrieved ([N]); what is here is the spec's reconstruction [R], every open choice a
+`config.generative` flag.
 
-Synthetic samples x_p = G(w, c), c one-hot of a uniform class, with the frozen generator of a
-`cgan` run (`generative.generator`, its workdir) and w = u ~ N(0, I) (`sampler="uniform"`)
-or w = u + F_phi(u) (`sampler="finder"`, MPS: the finder MLP, output layer zero-initialised
-so it starts at uniform sampling; LeakyReLU hidden layers; `finder_class_input` adds c).
-Regulariser (`regulariser`, chosen by the method):
+Synthetic samples x_p = G(w, c), c one-hot of a uniform class, with the frozen generator and
+w = u ~ N(0, I) (`sampler="uniform"`) or w = u + F_phi(u) (`sampler="finder"`, MPS: the
+finder MLP, output layer zero-initialised so it starts at uniform sampling; LeakyReLU hidden
+layers; `finder_class_input` adds c).
+Regulariser (`regulariser`, bound by the variant):
   gda  CE(f(x_p), c): the synthetic pairs enter the classification loss (naive GDA);
   pcr  PCR(psi; x_p) = mean_j ||g(T1(x_p,j)) - g(T2(x_p,j))||^2 on the penultimate features g
        (the head gets no gradient from it), T = random shift (`pcr_shift` pixels) + rotation
@@ -31,7 +42,7 @@ Per step:
   2. the classifier step on CE + lambda R(theta; sg(x_p)) with fresh noise (or the meta
      step's, `reuse_noise`) through the updated finder.
 The generator is never differentiated into: it is outside the optimised parameters and its
-variables pass through the state unchanged (a test checks them bitwise).
+variables pass through `state.frozen` unchanged (a test checks them bitwise).
 Diagnostics: meta/lookahead_loss, meta/grad_norm, meta/latent_shift (mean ||w - u||) and with
 `log_meta_gain` meta/gain = L_val(theta'(phi_new)) - L_val(theta'(phi_old)) (negative: the
 meta step lowered the look-ahead validation loss).
@@ -48,32 +59,36 @@ import optax
 from jaxlab import meta, models
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError, unknown
-from jaxlab.eval import generative
-from jaxlab.methods import cgan, erm
+from jaxlab.eval import classification
+from jaxlab.methods import Variant
 from jaxlab.models import gan
-from jaxlab.train import losses, optim
+from jaxlab.train import inputs, losses, optim, supervised
 from jaxlab.train.state import TrainState
 
-REGULARISER_OF_METHOD = {"gda": "gda", "pcr": "pcr", "mgr": "pcr"}
-SAMPLER_OF_METHOD = {"gda": "uniform", "pcr": "uniform", "mgr": "finder"}
 SAMPLERS = ("uniform", "finder")
 PCR_VIEWS = ("two_augmented", "clean_augmented")
 PCR_REDUCTIONS = ("sum", "mean")
 META_VAL = ("validation", "train")
 
+GENERATOR = inputs.generator(
+    "generator", "a cgan run on the task's classes (e.g. configs/cgan.py:digits)",
+    classes=lambda config, spec: spec.num_classes)
+VARIANTS = {
+    "gda": Variant(regulariser="gda", default_sampler="uniform", inputs=(GENERATOR,)),
+    "pcr": Variant(regulariser="pcr", default_sampler="uniform", inputs=(GENERATOR,)),
+    "mgr": Variant(regulariser="pcr", default_sampler="finder", inputs=(GENERATOR,)),
+}
 
-def regulariser(config) -> str:
-  return REGULARISER_OF_METHOD[config.method]
+eval_step = classification.eval_step
 
 
-def sampler(config) -> str:
-  """`generative.sampler`, or the method's own ('' = uniform for gda/pcr, finder for mgr)."""
-  return config.generative.sampler or SAMPLER_OF_METHOD[config.method]
+def sampler(config, default_sampler: str) -> str:
+  """`generative.sampler`, or the variant's own ('' = uniform for gda/pcr, finder for mgr)."""
+  return config.generative.sampler or default_sampler
 
 
 @flax.struct.dataclass
-class GenerativeRegState(TrainState):
-  generator: Any           # frozen {"params", "batch_stats"} of the conditional generator
+class GenerativeRegState(TrainState):  # + the frozen generator in `frozen["generator"]`
   finder_params: Any
   finder_opt_state: Any
 
@@ -103,14 +118,12 @@ def _generator(config, spec: tasks.Spec) -> gan.ConditionalGenerator:
 
 
 class GenerativeTask(tasks.SupervisedTask):
-  """The supervised task plus the frozen generator's weights (`frozen_variables`, placed in
-  the state's `generator` field by the training loop) and, when
-  the finder is meta-learned, a batch of the meta step's validation data (`val_image`,
-  `val_label`)."""
+  """The supervised task plus, when the finder is meta-learned, a batch of the meta step's
+  validation data (`val_image`, `val_label`)."""
 
-  def __init__(self, config, num_devices: int = 1):
+  def __init__(self, config, num_devices: int = 1, *, meta_learned: bool = False):
     self._config = config
-    self._meta = sampler(config) == "finder"
+    self._meta = meta_learned
     super().__init__(config, num_devices)
 
   def _val_keys(self):
@@ -134,49 +147,39 @@ class GenerativeTask(tasks.SupervisedTask):
     images, labels = self.extra_batch(data, key, step, self.batch_size, *self._val_keys())
     return {**batch, "val_image": images, "val_label": labels}
 
-  def frozen_variables(self):
-    return {"generator": generative.load_generator(
-        _generator(self._config, self.spec), self._config.generative.generator,
-        "generative.generator")}
 
-
-def make_task(config, num_devices: int = 1) -> GenerativeTask:
+def make_task(config, num_devices: int = 1, *, default_sampler: str) -> GenerativeTask:
   g = config.generative
-  for field, value, choices in (("sampler", sampler(config), SAMPLERS),
+  chosen = sampler(config, default_sampler)
+  for field, value, choices in (("sampler", chosen, SAMPLERS),
                                 ("pcr_views", g.pcr_views, PCR_VIEWS),
                                 ("pcr_reduction", g.pcr_reduction, PCR_REDUCTIONS),
                                 ("meta_val", g.meta_val, META_VAL),
                                 ("hvp_mode", g.hvp_mode, meta.HVP_MODES)):
     if value not in choices:
       raise unknown(f"generative.{field}", value, choices)
-  if not g.generator:
-    raise UserError(f"{config.method} needs a frozen conditional generator: set "
-                    "--config.generative.generator to the workdir of a cgan run (e.g. "
-                    "configs/cgan.py:digits)")
-  if g.meta_val == "validation" and sampler(config) == "finder" and not (
-      config.data.val_fraction > 0):
+  if g.meta_val == "validation" and chosen == "finder" and not config.data.val_fraction > 0:
     raise UserError("the finder's meta step needs a validation split: set "
                     "data.val_fraction > 0 or generative.meta_val='train'")
-  return GenerativeTask(config, num_devices)
+  return GenerativeTask(config, num_devices, meta_learned=chosen == "finder")
 
 
 def init(config, rng: jax.Array, spec: tasks.Spec) -> GenerativeRegState:
-  state = erm.init(config, rng, spec)
-  generator = gan.init_generator(_generator(config, spec), jax.random.fold_in(rng, 1))
+  state = supervised.init(config, rng, spec)
   latent = jnp.zeros((1, config.generator.latent_dim))
   finder_params = _finder(config).init(jax.random.fold_in(rng, 2), latent,
                                        jnp.zeros((1, spec.num_classes)))
   return GenerativeRegState(
       step=state.step, params=state.params, model_state=state.model_state,
-      opt_state=state.opt_state, generator=generator, finder_params=finder_params,
+      opt_state=state.opt_state, finder_params=finder_params,
       finder_opt_state=optax.adam(config.generative.finder_lr).init(finder_params))
 
 
 def synthetic_batch(config, spec: tasks.Spec, generator_variables, finder_params,
-                    rng: jax.Array, n: int):
+                    rng: jax.Array, n: int, use_finder: bool):
   """(x_p [n, H, W, C], labels [n], mean ||w - u||) from the frozen generator."""
-  u, labels, c = cgan.sample_conditions(rng, n, spec.num_classes, config.generator.latent_dim)
-  w = _finder(config).apply(finder_params, u, c) if sampler(config) == "finder" else u
+  u, labels, c = gan.sample_conditions(rng, n, spec.num_classes, config.generator.latent_dim)
+  w = _finder(config).apply(finder_params, u, c) if use_finder else u
   images = _generator(config, spec).apply(generator_variables, w, c, train=False)
   return images, labels, jnp.linalg.norm(w - u, axis=-1).mean()
 
@@ -196,7 +199,7 @@ def pcr_loss(features_fn, images: jax.Array, rng: jax.Array, g) -> jax.Array:
 
 
 def regularised_loss(config, spec: tasks.Spec, state: GenerativeRegState, params, batch,
-                     synthetic, labels, rng: jax.Array):
+                     synthetic, labels, rng: jax.Array, regulariser: str):
   """(CE(real) + lambda R(synthetic), (ce, reg, logits, updated model_state))."""
   model = models.build(config.model, spec.num_classes)
   mutable = list(state.model_state)
@@ -207,7 +210,7 @@ def regularised_loss(config, spec: tasks.Spec, state: GenerativeRegState, params
 
   logits, _, model_state = forward(batch["image"])
   ce = losses.cross_entropy(logits, batch["label"], config.train.label_smoothing).mean()
-  if regulariser(config) == "gda":
+  if regulariser == "gda":
     reg = losses.cross_entropy(forward(synthetic)[0], labels).mean()
   else:
     reg = pcr_loss(lambda x: forward(x)[1], synthetic, jax.random.fold_in(rng, 1),
@@ -216,16 +219,17 @@ def regularised_loss(config, spec: tasks.Spec, state: GenerativeRegState, params
   return g.real_weight * ce + g.weight * reg, (ce, reg, logits, model_state)
 
 
-def _lookahead_problem(config, spec, state: GenerativeRegState, batch, rng):
+def _lookahead_problem(config, spec, state: GenerativeRegState, batch, rng, regulariser: str):
   """(inner_loss(theta, phi), outer_loss(theta), trainable mask) of the meta step."""
   g = config.generative
   model = models.build(config.model, spec.num_classes)
 
   def inner_loss(params, finder_params):
-    synthetic, labels, _ = synthetic_batch(config, spec, state.generator, finder_params,
-                                           jax.random.fold_in(rng, 0), g.synthetic_batch)
+    synthetic, labels, _ = synthetic_batch(config, spec, state.frozen["generator"],
+                                           finder_params, jax.random.fold_in(rng, 0),
+                                           g.synthetic_batch, use_finder=True)
     return regularised_loss(config, spec, state, params, batch, synthetic, labels,
-                            jax.random.fold_in(rng, 1))[0]
+                            jax.random.fold_in(rng, 1), regulariser)[0]
 
   def outer_loss(params):
     logits, _ = model.apply({"params": params, **state.model_state}, batch["val_image"],
@@ -238,24 +242,27 @@ def _lookahead_problem(config, spec, state: GenerativeRegState, batch, rng):
   return inner_loss, outer_loss, trainable
 
 
-def meta_gradient(config, spec, state: GenerativeRegState, batch, rng: jax.Array, inner_lr):
+def meta_gradient(config, spec, state: GenerativeRegState, batch, rng: jax.Array, inner_lr,
+                  regulariser: str):
   """(look-ahead validation loss, its gradient in the finder's parameters)."""
-  inner_loss, outer_loss, trainable = _lookahead_problem(config, spec, state, batch, rng)
+  inner_loss, outer_loss, trainable = _lookahead_problem(config, spec, state, batch, rng,
+                                                         regulariser)
   return meta.lookahead_gradient(inner_loss, outer_loss, state.params, state.finder_params,
                                  inner_lr=inner_lr, mode=config.generative.hvp_mode,
                                  trainable=trainable, epsilon=config.generative.fd_epsilon)
 
 
-def _meta_step(config, spec, state: GenerativeRegState, batch, rng, inner_lr):
+def _meta_step(config, spec, state: GenerativeRegState, batch, rng, inner_lr, regulariser: str):
   """(new finder params, new finder opt state, metrics): one Adam step on phi."""
   g = config.generative
-  value, grads = meta_gradient(config, spec, state, batch, rng, inner_lr)
+  value, grads = meta_gradient(config, spec, state, batch, rng, inner_lr, regulariser)
   updates, opt_state = optax.adam(g.finder_lr).update(grads, state.finder_opt_state,
                                                       state.finder_params)
   finder_params = optax.apply_updates(state.finder_params, updates)
   metrics = {"meta/lookahead_loss": value, "meta/grad_norm": optax.tree.norm(grads)}
   if g.log_meta_gain:
-    inner_loss, outer_loss, trainable = _lookahead_problem(config, spec, state, batch, rng)
+    inner_loss, outer_loss, trainable = _lookahead_problem(config, spec, state, batch, rng,
+                                                           regulariser)
     after = meta.lookahead_loss(inner_loss, outer_loss, state.params, finder_params,
                                 inner_lr=inner_lr, trainable=trainable)
     metrics["meta/gain"] = after - value
@@ -263,14 +270,15 @@ def _meta_step(config, spec, state: GenerativeRegState, batch, rng, inner_lr):
 
 
 def train_step(state: GenerativeRegState, batch, rng: jax.Array, *, config,
-               spec: tasks.Spec):
+               spec: tasks.Spec, regulariser: str, default_sampler: str):
   g = config.generative
   total = config.train.steps
   meta_key, sample_key, step_key = jax.random.split(rng, 3)
   finder_params, finder_opt_state, metrics = state.finder_params, state.finder_opt_state, {}
-  if sampler(config) == "finder":
+  use_finder = sampler(config, default_sampler) == "finder"
+  if use_finder:
     inner_lr = g.lookahead_lr or optim.make_schedule(config.optimizer, total)(state.step)
-    run_meta = lambda s: _meta_step(config, spec, s, batch, meta_key, inner_lr)
+    run_meta = lambda s: _meta_step(config, spec, s, batch, meta_key, inner_lr, regulariser)
     if g.meta_every > 1:
       skipped = lambda s: (s.finder_params, s.finder_opt_state, jax.tree.map(
           jnp.zeros_like, jax.eval_shape(run_meta, s)[2]))
@@ -279,25 +287,21 @@ def train_step(state: GenerativeRegState, batch, rng: jax.Array, *, config,
     else:
       finder_params, finder_opt_state, metrics = run_meta(state)
   noise_key = jax.random.fold_in(meta_key, 0) if g.reuse_noise else sample_key
-  synthetic, labels, shift = synthetic_batch(config, spec, state.generator, finder_params,
-                                             noise_key, g.synthetic_batch)
+  synthetic, labels, shift = synthetic_batch(config, spec, state.frozen["generator"],
+                                             finder_params, noise_key, g.synthetic_batch,
+                                             use_finder)
   synthetic = jax.lax.stop_gradient(synthetic)
 
   def loss_fn(params):
-    return regularised_loss(config, spec, state, params, batch, synthetic, labels, step_key)
+    return regularised_loss(config, spec, state, params, batch, synthetic, labels, step_key,
+                            regulariser)
 
   (loss, (ce, reg, logits, model_state)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  tx = optim.make_optimizer(config.optimizer, total)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
   metrics.update({"loss": loss, "ce": ce, "reg": reg, "meta/latent_shift": shift,
                   "accuracy": losses.correct(logits, batch["label"]).mean(),
                   "grad_norm": optax.tree.norm(grads)})
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       model_state=model_state, opt_state=opt_state,
-                       finder_params=finder_params, finder_opt_state=finder_opt_state), metrics
-
-
-def eval_step(state: GenerativeRegState, batch, *, config, spec: tasks.Spec):
-  return erm.eval_step(state, batch, config=config, spec=spec)
+  return optim.apply_gradients(state, grads, config, model_state=model_state,
+                               finder_params=finder_params,
+                               finder_opt_state=finder_opt_state), metrics
 

@@ -1,0 +1,152 @@
+"""Frozen inputs: the weights a run reads from other runs, named in one config block.
+
+A method variant declares what it reads as `Input`s (a generator, a source classifier, a
+teacher; later: two endpoints to merge, a source trajectory, a model to adapt at test time).
+A run names where each comes from in `config.inputs.<name>`: another run's workdir (its newest
+checkpoint) or an `.npz` of "/"-joined variable paths. Before the training loop writes
+anything, `load` reads every input and checks it against the shapes the method expects
+(`load_pretrained`: a missing, extra or misshapen variable is one line naming the field); the
+loop then puts them in `state.frozen[<name>]`, the one place frozen inputs live. They are
+never differentiated or updated.
+
+`config.init_from` / `init_skip` stay the common case: the trained weights' own starting point
+(read by the same `load_pretrained`). An input may fall back to it (`fallback="init_from"`:
+ARREST's frozen teacher is, by default, the model the run starts from).
+
+Two kinds of input cover the methods so far: `generator` (a `cgan` run: its architecture is
+`config.generator`, its classes given by the method) and `classifier` (any jaxlab classifier
+run: its architecture is read from the run's own config.json, so it may differ from the
+trained model's). `own_model` is a run of the trained model's architecture.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxlab import models
+from jaxlab.data import tasks
+from jaxlab.errors import UserError
+from jaxlab.models import gan
+from jaxlab.train.checkpoint import load_pretrained
+
+# (config, spec) -> the variables an input must provide (called under jax.eval_shape)
+VariablesFn = Callable[[Any, tasks.Spec], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+  """One frozen input of a method: `config.inputs.<name>` -> `state.frozen[<name>]`."""
+  name: str
+  provides: str                 # what the run must be, for error lines
+  variables: VariablesFn        # its variables' shapes, for the check and the placeholders
+  required: bool = True
+  fallback: str = ""            # a top-level config field read when inputs.<name> is ""
+
+  @property
+  def field(self) -> str:
+    return f"inputs.{self.name}"
+
+
+def path(config, item: Input) -> str:
+  """Where `item` comes from in this run ("" = not given)."""
+  given = config.get("inputs", {}).get(item.name, "")
+  return given or (config.get(item.fallback, "") if item.fallback else "")
+
+
+def check(items: Sequence[Input], config, method: str) -> None:
+  """One line for a required input that is not given."""
+  for item in items:
+    if item.required and not path(config, item):
+      if item.name not in config.get("inputs", {}):
+        raise UserError(f"{method} reads {item.field} ({item.provides}), which this config "
+                        f"has no field for: start from a preset that runs {method}")
+      also = f" (or {item.fallback})" if item.fallback else ""
+      raise UserError(f"{method} needs --config.{item.field}{also}: the workdir of "
+                      f"{item.provides}")
+
+
+def present(items: Sequence[Input], config) -> Tuple[Input, ...]:
+  """The inputs this run's state holds: the required ones and the optional ones given."""
+  return tuple(item for item in items if item.required or path(config, item))
+
+
+def abstract(items: Sequence[Input], config, spec: tasks.Spec) -> Dict[str, Any]:
+  """{name: ShapeDtypeStruct tree} of the inputs present."""
+  return {item.name: jax.eval_shape(lambda i=item: i.variables(config, spec))
+          for item in present(items, config)}
+
+
+def placeholders(items: Sequence[Input], config, spec: tasks.Spec) -> Dict[str, Any]:
+  """Freshly initialised variables of the present inputs' shapes (a fixed key): the state's
+  `frozen` until `load`'s arrays replace them when a run starts."""
+  return {item.name: item.variables(config, spec) for item in present(items, config)}
+
+
+def load(items: Sequence[Input], config, spec: tasks.Spec) -> Dict[str, Any]:
+  """{name: host arrays} of every input present, each checked against its expected shapes
+  (call `check` first: a required input must be given)."""
+  return {item.name: load_pretrained(path(config, item), like, field=item.field)
+          for item, like in zip(present(items, config),
+                                abstract(items, config, spec).values())}
+
+
+def load_method_inputs(method, config, spec: tasks.Spec) -> Dict[str, Any]:
+  """`check` then `load` for a registered method (`jaxlab.get_method`): the `frozen` of its
+  state, as the training loop reads it."""
+  check(method.inputs, config, method.name)
+  return load(method.inputs, config, spec)
+
+
+# -- the kinds of input ---------------------------------------------------------------------
+
+def run_config_path(workdir: str, field: str) -> str:
+  """`workdir`'s config.json, or a UserError naming `field` when it is not a jaxlab run."""
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise UserError(f"{field}={workdir!r} is not a jaxlab run (no config.json); give the "
+                    "workdir of a finished classifier run")
+  return config_path
+
+
+def classifier_model(config, name: str, num_classes: int):
+  """The model of the classifier run named by `config.inputs.<name>`, from its config.json."""
+  workdir = config.get("inputs", {}).get(name, "")
+  if not workdir:
+    raise UserError(f"inputs.{name} is not set: give the workdir of a classifier run")
+  with open(run_config_path(workdir, f"inputs.{name}")) as f:
+    return models.build(ml_collections.ConfigDict(json.load(f)["model"]), num_classes)
+
+
+def classifier(name: str, provides: str, classes: Callable[[Any, tasks.Spec], int],
+               required: bool = True) -> Input:
+  """A jaxlab classifier run with `classes(config, spec)` outputs, any architecture."""
+  def variables(config, spec):
+    model = classifier_model(config, name, classes(config, spec))
+    return dict(model.init(jax.random.key(0), jnp.zeros((1,) + tuple(spec.input_shape))))
+  return Input(name, provides, variables, required)
+
+
+def generator_model(config, spec: tasks.Spec, num_classes: int) -> gan.ConditionalGenerator:
+  return gan.build_generator(config.generator, num_classes, spec.input_shape)
+
+
+def generator(name: str, provides: str, classes: Callable[[Any, tasks.Spec], int]) -> Input:
+  """A `cgan` run of the architecture `config.generator`, conditioned on `classes` classes."""
+  def variables(config, spec):
+    return gan.init_generator(generator_model(config, spec, classes(config, spec)),
+                              jax.random.key(0))
+  return Input(name, provides, variables)
+
+
+def own_model(name: str, provides: str, fallback: str = "") -> Input:
+  """A run of the trained model's own architecture (`config.model`, the task's classes)."""
+  def variables(config, spec):
+    model = models.build(config.model, spec.num_classes)
+    return dict(model.init(jax.random.key(0), jnp.zeros((2,) + tuple(spec.input_shape)),
+                           train=False))
+  return Input(name, provides, variables, fallback=fallback)
