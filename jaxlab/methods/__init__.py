@@ -5,8 +5,8 @@ A family module holds the whole implementation of its variants and declares them
   VARIANTS = {"maml": Variant(first_order=False, adapt="all"),
               "anil": Variant(first_order=False, adapt="head"), ...}
 
-next to its pure protocol functions (static pieces bound from the config; a variant may
-replace some with its own, `Variant(functions={"train_step": ...})`):
+(`jaxlab.train.protocol.Variant`) next to its pure protocol functions (static pieces bound
+from the config; a variant may replace some with its own, `Variant(functions={...})`):
   make_task(config, num_devices) -> task      data + samplers (jaxlab.data.tasks)
   init(config, rng, spec) -> state            a TrainState pytree
   train_step(state, batch, rng, *, config, spec) -> (state, metrics)
@@ -15,7 +15,7 @@ and optionally start_from(state, train_data, *, config, spec) (state derived fro
 pretrained weights and frozen inputs, once, before the first step) and report(state, task,
 workdir, *, config, spec, write_files) (whole-run outputs).
 
-`get_method(name)` returns a `Method`: those functions with the variant's options bound
+`get_method(name)` returns a `Method` (`jaxlab.train.protocol`): those functions with the variant's options bound
 (`functools.partial`: each function receives the options it names as keyword-only
 parameters), so a family never reads `config.method`, and the frozen inputs the variant reads
 from other runs (`jaxlab.train.inputs.Input`; `method.init` gives them placeholders in
@@ -24,46 +24,17 @@ library package (`jaxlab.meta`, `jaxlab.eval`, `jaxlab.train`, ...): a family mo
 imports another.
 """
 
-import dataclasses
 import functools
 import importlib
 import inspect
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from jaxlab.errors import unknown
 from jaxlab.train import inputs as inputs_lib
+from jaxlab.train.protocol import PROTOCOL, Method, Variant
 
 FAMILIES = ("erm", "maml", "supermask", "finetune", "adversarial", "arrest", "cgan",
             "generative_reg", "ssl", "meta_gen_ssl")
-PROTOCOL = ("make_task", "init", "train_step", "eval_step", "start_from", "report")
-
-
-class Variant:
-  """A variant's bound options (keyword arguments), the frozen inputs it reads, and the
-  protocol functions it has in place of its family module's."""
-
-  def __init__(self, *, inputs: Tuple[inputs_lib.Input, ...] = (),
-               functions: Optional[Mapping[str, Callable]] = None, **options):
-    self.inputs, self.options = tuple(inputs), dict(options)
-    self.functions = dict(functions or {})
-    unknown_functions = set(self.functions) - set(PROTOCOL)
-    if unknown_functions:
-      raise TypeError(f"Variant(functions=...) takes {PROTOCOL}, not {sorted(unknown_functions)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-  """One registered variant: the family's protocol functions with its options bound."""
-  name: str
-  family: str                               # the module under jaxlab/methods
-  options: Mapping[str, Any]
-  inputs: Tuple[inputs_lib.Input, ...]
-  make_task: Callable
-  init: Callable
-  train_step: Callable
-  eval_step: Callable
-  start_from: Optional[Callable] = None
-  report: Optional[Callable] = None
 
 
 def _bind(fn: Callable, options: Mapping[str, Any]) -> Tuple[Callable, set]:

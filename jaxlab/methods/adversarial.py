@@ -48,8 +48,8 @@ from jaxlab import models
 from jaxlab.data import tasks
 from jaxlab.errors import UserError, unknown
 from jaxlab.eval import attacks, classification
-from jaxlab.methods import Variant
 from jaxlab.train import losses, optim, supervised
+from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
 WEIGHTINGS = ("gairat", "mail")

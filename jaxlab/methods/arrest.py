@@ -31,8 +31,8 @@ from jaxlab import models
 from jaxlab.data import tasks
 from jaxlab.errors import UserError, unknown
 from jaxlab.eval import attacks, classification
-from jaxlab.methods import Variant
 from jaxlab.train import inputs, losses, optim, supervised
+from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
 DISTANCES = ("one_minus_cos", "angle", "l2", "l2_on_normalized")

@@ -34,9 +34,9 @@ import optax
 
 from jaxlab.data import augment, tasks
 from jaxlab.eval import generative
-from jaxlab.methods import Variant
 from jaxlab.models import gan
 from jaxlab.train import inputs, optim
+from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
 SCORE_CLASSIFIER = inputs.classifier(

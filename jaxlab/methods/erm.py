@@ -13,8 +13,8 @@ Variants: `erm`.
 
 from jaxlab.data import tasks
 from jaxlab.eval import classification
-from jaxlab.methods import Variant
 from jaxlab.train import supervised
+from jaxlab.train.protocol import Variant
 
 VARIANTS = {"erm": Variant()}
 

@@ -47,8 +47,8 @@ import optax
 from jaxlab import models
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError, unknown
-from jaxlab.methods import Variant
 from jaxlab.train import losses, optim, supervised
+from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
 VARIANTS = {"finetune": Variant(regulariser="none"), "l2sp": Variant(regulariser="l2sp"),

@@ -60,9 +60,9 @@ from jaxlab import meta, models
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError, unknown
 from jaxlab.eval import classification
-from jaxlab.methods import Variant
 from jaxlab.models import gan
 from jaxlab.train import inputs, losses, optim, supervised
+from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
 SAMPLERS = ("uniform", "finder")

@@ -38,8 +38,8 @@ from jaxlab import models
 from jaxlab.data import episodes, tasks
 from jaxlab.errors import UserError
 from jaxlab.meta import episodic
-from jaxlab.methods import Variant
 from jaxlab.train import optim
+from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
 VARIANTS = {

@@ -51,8 +51,8 @@ from jaxlab import meta, models
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError, unknown
 from jaxlab.eval import classification
-from jaxlab.methods import Variant
 from jaxlab.train import inputs, losses, optim, supervised
+from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
 LATENT_INITS = ("pseudo_conditional", "random")

@@ -54,9 +54,9 @@ from jaxlab import models
 from jaxlab.data import episodes, tasks
 from jaxlab.errors import UserError
 from jaxlab.meta import episodic
-from jaxlab.methods import Variant
 from jaxlab.models import supermask
 from jaxlab.train import losses, optim
+from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
 make_task = tasks.SupervisedTask
