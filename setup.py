@@ -29,7 +29,7 @@ setuptools.setup(
         "scipy>=1.10",
     ],
     extras_require={
-        "test": ["pytest>=7.0"],
+        "test": ["pytest>=7.0", "tensorboardX>=2.6"],  # TensorBoard events are tested too
         "tensorboard": ["tensorboardX>=2.6"],
         "bench": ["torch"],
     },

@@ -1,6 +1,6 @@
 """Supervised training (`erm`) presets.
 
-  python -m jaxlab.main --config=configs/erm.py:digits --workdir=/tmp/jaxlab/digits
+  python -m jaxlab.main --config=configs/erm.py:digits --workdir=/tmp/runs/digits
 
 Presets (`:name`):
   digits          MLP 256-256 on the embedded 8x8 digits; ~30 s on 2 CPU cores,

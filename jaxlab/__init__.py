@@ -3,7 +3,7 @@ generative data, robustness and model merging, as pure jitted JAX steps.
 
     import jaxlab
     config = jaxlab.load_config("configs/erm.py:digits")
-    results = jaxlab.train_and_evaluate(config, "/tmp/jaxlab/digits")
+    results = jaxlab.train_and_evaluate(config, "/tmp/runs/digits")
 
 or, step by step: `method = jaxlab.get_method(config.method)`, then
 `method.make_task`, `method.init`, `method.train_step`, `method.eval_step`

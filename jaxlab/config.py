@@ -9,7 +9,6 @@ unknown `--config.a.b=...` key with the list of valid keys before absl sees it.
 import ast
 import importlib.util
 import inspect
-import os
 import pathlib
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -22,15 +21,17 @@ _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def resolve_path(path: str) -> str:
-  """Finds a config file relative to the working directory, else to the jaxlab checkout."""
-  if os.path.exists(path):
-    return path
-  beside_package = _REPO_ROOT / path
-  if beside_package.exists():
-    return str(beside_package)
-  configs = sorted(p.name for p in (_REPO_ROOT / "configs").glob("*.py")) if (
-      _REPO_ROOT / "configs").is_dir() else []
-  raise UserError(f"config file {path!r} not found; configs in {_REPO_ROOT / 'configs'}: "
+  """The config file `path` names: relative to the working directory, else to the jaxlab
+  checkout (`configs/erm.py`), else a file of its `configs/` (`erm.py`); an absolute path."""
+  configs_dir = _REPO_ROOT / "configs"
+  for candidate in (pathlib.Path(path), _REPO_ROOT / path, configs_dir / path):
+    if candidate.is_file():
+      if candidate.suffix != ".py":
+        raise UserError(f"config file {path!r} is not a Python file; give "
+                        "configs/<name>.py:<preset>")
+      return str(candidate.resolve())
+  configs = sorted(p.name for p in configs_dir.glob("*.py")) if configs_dir.is_dir() else []
+  raise UserError(f"config file {path!r} not found; configs in {configs_dir}: "
                   f"{', '.join(configs) or 'none'}")
 
 
@@ -43,7 +44,11 @@ def _import(path: str):
   module_spec = importlib.util.spec_from_file_location(
       f"jaxlab_config_{pathlib.Path(path).stem}", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"config file {path!r} could not be loaded: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}") from None
   return module
 
 
@@ -66,7 +71,14 @@ def load_config(spec: str, overrides: Optional[Dict[str, object]] = None,
   module = _import(path)
   if not hasattr(module, "get_config"):
     raise UserError(f"config file {path!r} defines no get_config(arg)")
-  config = module.get_config(arg) if arg is not None else module.get_config()
+  try:
+    config = module.get_config(arg) if arg is not None else module.get_config()
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"{spec}: the preset could not be built ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:160] if str(e) else ''}); its arguments are in "
+                    f"{path}'s docstring") from None
   if lock:
     config.lock()
   for key, value in (overrides or {}).items():

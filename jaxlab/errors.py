@@ -27,3 +27,11 @@ def unknown(kind: str, name: str, choices: Iterable[str], hint: str = "") -> Use
   if hint:
     message += f" ({hint})"
   return UserError(message)
+
+
+class Interrupted(Exception):
+  """SIGINT / SIGTERM during training: the run stopped at a step boundary after saving."""
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(message)
+    self.exit_code = exit_code

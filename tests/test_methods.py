@@ -155,7 +155,7 @@ def test_the_readme_programmatic_example_runs(tmp_path):
   block = text.split("## Programmatic use")[1].split("```python")[1].split("```")[0]
   assert "jaxlab.get_method(config.method)" in block and "load_inputs" in block
   block = block.replace('{"train.steps": 500}', '{"train.steps": 20}').replace(
-      "/tmp/jaxlab/digits_500", str(tmp_path / "run")).replace("print(", "(")
+      "/tmp/runs/digits_500", str(tmp_path / "run")).replace("print(", "(")
   namespace = {}
   exec(compile(block, "README.md", "exec"), namespace)  # pylint: disable=exec-used
   assert int(namespace["state"].step) == 100 and np.isfinite(float(namespace["metrics"]["loss"]))

@@ -12,6 +12,7 @@ images and split files in `manual_dir`. The data directory is, in order:
 import functools
 import importlib
 import os
+import socket
 from typing import Dict, Optional
 
 import numpy as np
@@ -50,6 +51,11 @@ def get_builder(name: str, data_dir: Optional[str] = None, download: bool = Fals
                       + ", ".join(f"{base}/{c}" for c in configs)) from None
     raise
   if not builder.is_prepared() and (base in BUILDERS or download):
+    if base not in BUILDERS:  # a real download: say so, and fail fast without a network
+      _check_network(name)
+      where = data_dir or "the TFDS default directory"
+      print(f"jaxlab: downloading and preparing {name!r} into {where} (data.download=True); "
+            "this can take long", flush=True)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     try:
       builder.download_and_prepare(file_format="array_record", download_config=config)
@@ -58,6 +64,18 @@ def get_builder(name: str, data_dir: Optional[str] = None, download: bool = Fals
         raise
       raise UserError(" ".join(str(e).split()) + " Point --config.data.manual_dir at it.") from None
   return builder
+
+
+def _check_network(name: str, host: str = "storage.googleapis.com", timeout: float = 5.0):
+  """A UserError at once when TFDS's download host cannot be reached (TFDS itself retries
+  for minutes without a word)."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+  except OSError as e:
+    raise UserError(f"data.download=True, but {host} cannot be reached ({e.__class__.__name__}:"
+                    f" {e}); prepare {name!r} on a machine with network access (`tfds build "
+                    f"{name} --file_format=array_record`) and point --config.data.data_dir at "
+                    "it") from None
 
 
 def _display_name(builder) -> str:

@@ -152,13 +152,19 @@ class SupervisedTask:
     self.crop_padding = config.aug.crop_padding
     self.flip = config.aug.flip
     self._cache: Dict = {}
+    lo, hi = parse_classes(data.classes)
+    total = loading.num_classes(data.name, data.data_dir or None, data.label_key)
+    if data.classes and hi >= total:
+      raise UserError(f"data.classes={data.classes!r} reaches label {hi}, but {data.name!r} has "
+                      f"{total} classes (labels 0-{total - 1})")
     train = self.train_arrays()
     labels = train["label"]
-    lo, hi = parse_classes(data.classes)
-    num_classes = (hi - lo + 1 if data.classes else
-                   loading.num_classes(data.name, data.data_dir or None, data.label_key))
+    num_classes = hi - lo + 1 if data.classes else total
     if len(labels) and labels.max() >= num_classes:
       raise UserError(f"labels of {data.name!r} reach {labels.max()}, beyond {num_classes} classes")
+    if self.batch_size > len(labels):
+      print(f"jaxlab: warning: train.batch_size={self.batch_size} exceeds the {len(labels)} "
+            "training examples: each batch is drawn with replacement", flush=True)
     self.spec = Spec(input_shape=tuple(train["image"].shape[1:]), num_classes=num_classes)
 
   def split_arrays(self, split: str) -> Arrays:

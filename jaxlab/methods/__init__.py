@@ -67,7 +67,7 @@ def _variant(family: str, module, name: str, variant: Variant) -> Method:
                     "which none of its functions takes")
   functions["init"] = _with_placeholders(functions["init"], variant.inputs)
   return Method(name=name, family=family, options=dict(variant.options), inputs=variant.inputs,
-                **functions)
+                blocks=variant.blocks, **functions)
 
 
 @functools.lru_cache(maxsize=None)

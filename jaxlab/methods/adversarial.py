@@ -204,9 +204,11 @@ def importance_step(state: TrainState, batch, rng: jax.Array, *, config, spec: t
 
 
 VARIANTS = {
-    "pgd_at": Variant(),
-    "trades": Variant(functions={"train_step": trades_step}),
-    "sovr": Variant(functions={"train_step": sovr_step}),
-    "gairat": Variant(weighting="gairat", functions={"train_step": importance_step}),
-    "mail": Variant(weighting="mail", functions={"train_step": importance_step}),
+    "pgd_at": Variant(blocks=("adv",)),
+    "trades": Variant(blocks=("adv",), functions={"train_step": trades_step}),
+    "sovr": Variant(blocks=("adv", "sovr"), functions={"train_step": sovr_step}),
+    "gairat": Variant(weighting="gairat", blocks=("adv", "importance"),
+                      functions={"train_step": importance_step}),
+    "mail": Variant(weighting="mail", blocks=("adv", "importance"),
+                    functions={"train_step": importance_step}),
 }

@@ -39,7 +39,7 @@ DISTANCES = ("one_minus_cos", "angle", "l2", "l2_on_normalized")
 
 TEACHER = inputs.own_model("teacher", "a run of this model, the frozen teacher (default: the "
                            "init_from run)", fallback="init_from")
-VARIANTS = {"arrest": Variant(inputs=(TEACHER,))}
+VARIANTS = {"arrest": Variant(inputs=(TEACHER,), blocks=("adv", "arrest"))}
 
 init = supervised.init
 

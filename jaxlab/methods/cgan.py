@@ -42,7 +42,7 @@ from jaxlab.train.state import TrainState
 SCORE_CLASSIFIER = inputs.classifier(
     "score_classifier", "a classifier run on the same data (e.g. configs/erm.py:digits)",
     classes=lambda config, spec: spec.num_classes, required=False)
-VARIANTS = {"cgan": Variant(inputs=(SCORE_CLASSIFIER,))}
+VARIANTS = {"cgan": Variant(inputs=(SCORE_CLASSIFIER,), blocks=("generator", "gan"))}
 
 make_task = tasks.SupervisedTask
 

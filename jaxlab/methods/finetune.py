@@ -51,8 +51,8 @@ from jaxlab.train import losses, optim, supervised
 from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
-VARIANTS = {"finetune": Variant(regulariser="none"), "l2sp": Variant(regulariser="l2sp"),
-            "randreg": Variant(regulariser="randreg"), "adarand": Variant(regulariser="adarand")}
+VARIANTS = {name: Variant(regulariser=regulariser, blocks=("finetune",)) for name, regulariser in (
+    ("finetune", "none"), ("l2sp", "l2sp"), ("randreg", "randreg"), ("adarand", "adarand"))}
 PRIORS = ("uniform", "normal", "pretrained")
 
 

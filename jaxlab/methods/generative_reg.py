@@ -74,10 +74,11 @@ GENERATOR = inputs.generator(
     "generator", "a cgan run on the task's classes (e.g. configs/cgan.py:digits)",
     classes=lambda config, spec: spec.num_classes)
 VARIANTS = {
-    "gda": Variant(regulariser="gda", default_sampler="uniform", inputs=(GENERATOR,)),
-    "pcr": Variant(regulariser="pcr", default_sampler="uniform", inputs=(GENERATOR,)),
-    "mgr": Variant(regulariser="pcr", default_sampler="finder", inputs=(GENERATOR,)),
-}
+    name: Variant(regulariser=regulariser, default_sampler=default_sampler, inputs=(GENERATOR,),
+                  blocks=("generator", "generative"))
+    for name, regulariser, default_sampler in (("gda", "gda", "uniform"),
+                                               ("pcr", "pcr", "uniform"),
+                                               ("mgr", "pcr", "finder"))}
 
 eval_step = classification.eval_step
 

@@ -42,11 +42,12 @@ from jaxlab.train import optim
 from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
+BLOCKS = ("meta", "episodes")
 VARIANTS = {
-    "maml": Variant(first_order=False, adapt="all"),
-    "fomaml": Variant(first_order=True, adapt="all"),
-    "anil": Variant(first_order=False, adapt="head"),
-    "boil": Variant(first_order=False, adapt="body"),
+    "maml": Variant(first_order=False, adapt="all", blocks=BLOCKS),
+    "fomaml": Variant(first_order=True, adapt="all", blocks=BLOCKS),
+    "anil": Variant(first_order=False, adapt="head", blocks=BLOCKS),
+    "boil": Variant(first_order=False, adapt="body", blocks=BLOCKS),
 }
 
 make_task = episodes.make_task

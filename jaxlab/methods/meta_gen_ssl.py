@@ -61,7 +61,7 @@ RESEMBLANCE_ENCODERS = ("classifier", "source")
 META_VAL = ("train", "validation")
 
 _source_classes = lambda config, spec: config.meta_gen_ssl.source_classes
-VARIANTS = {"meta_gen_ssl": Variant(inputs=(
+VARIANTS = {"meta_gen_ssl": Variant(blocks=("ssl", "meta_gen_ssl", "generator"), inputs=(
     inputs.generator("generator", "a cgan run on the generator's classes (see configs/ssl.py)",
                      classes=_source_classes),
     inputs.classifier("source_classifier", "a classifier run on the generator's classes (see "

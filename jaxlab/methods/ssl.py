@@ -288,9 +288,10 @@ def kd_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.Spe
 
 
 VARIANTS = {
-    "fixmatch": Variant(),
+    "fixmatch": Variant(blocks=("ssl",)),
     "pssl": Variant(inputs=(PSSL_GENERATOR, _source_input("pssl")),
+                    blocks=("ssl", "pssl", "generator"),
                     functions=dict(make_task=pssl_make_task, train_step=pssl_step)),
-    "kd": Variant(inputs=(_source_input("kd"),),
+    "kd": Variant(inputs=(_source_input("kd"),), blocks=("kd",),
                   functions=dict(make_task=kd_make_task, init=kd_init, train_step=kd_step)),
 }

@@ -206,8 +206,10 @@ def ticket_eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
 
 
 VARIANTS = {
-    "edge_popup": Variant(rerandomize=False),
-    "iterand": Variant(rerandomize=True),
-    "meta_ticket": Variant(functions=dict(make_task=episodes.make_task, init=ticket_init,
-                                          train_step=ticket_step, eval_step=ticket_eval_step)),
+    "edge_popup": Variant(rerandomize=False, blocks=("supermask",)),
+    "iterand": Variant(rerandomize=True, blocks=("supermask",)),
+    "meta_ticket": Variant(
+        blocks=("supermask", "meta", "episodes", "meta_ticket", "aux_optimizer"),
+        functions=dict(make_task=episodes.make_task, init=ticket_init, train_step=ticket_step,
+                       eval_step=ticket_eval_step)),
 }

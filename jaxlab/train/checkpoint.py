@@ -1,11 +1,14 @@
 """The one checkpoint path: Orbax `CheckpointManager` in `workdir/checkpoints`.
 
 Saves are atomic (Orbax writes to a temporary directory and renames it when
-complete), so a run killed mid-save leaves the previous checkpoint intact.
-Resume takes the newest step that restores cleanly; an unreadable one is
-never loaded silently: it is reported as a warning and moved aside to
-`<step>.unreadable` (kept for inspection, not deleted), and the next older
-step is tried.
+complete), so a run killed mid-save leaves the previous checkpoint intact. Each save also
+writes `<step>/checksums.json`, a SHA-256 of every array, verified when the step is restored.
+Resume takes the newest step that restores cleanly. A checkpoint that cannot be read, or whose
+arrays no longer match their checksums (a disk or copy fault), is never loaded: it is reported
+as a warning and moved aside to `<step>.unreadable` (kept for inspection, not deleted), and the
+next older step is tried. A readable checkpoint whose variables differ from this run's state
+(another model or method) is not damaged: the run stops with one line naming the leaves and
+leaves it in place.
 
 `load_pretrained` reads the weights a run starts from (`config.init_from`): another
 run's newest checkpoint, or an `.npz` of arrays named by path ("params/Dense_0/kernel",
@@ -13,6 +16,8 @@ run's newest checkpoint, or an `.npz` of arrays named by path ("params/Dense_0/k
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -25,6 +30,35 @@ from jax.experimental import multihost_utils
 
 from jaxlab.errors import UserError
 
+CHECKSUMS = "checksums.json"
+NOTES = "notes.json"
+
+
+def _key_name(entry) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _leaves(tree) -> Dict[str, Any]:
+  """{"params/Dense_0/kernel": leaf} for every leaf, the same names for a state and for the
+  metadata Orbax keeps of it."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(_key_name(e) for e in path): leaf for path, leaf in flat}
+
+
+def _host(x) -> np.ndarray:
+  """A replicated array's value on this host (also when other processes hold it too)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  return np.asarray(x)
+
+
+def checksums(state: Any) -> Dict[str, str]:
+  return {name: hashlib.sha256(np.ascontiguousarray(_host(leaf)).tobytes()).hexdigest()
+          for name, leaf in _leaves(state).items()}
+
 
 class Checkpointer:
 
@@ -35,7 +69,8 @@ class Checkpointer:
 
   def _new_manager(self) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
-    return ocp.CheckpointManager(self.directory, options=options)
+    return ocp.CheckpointManager(self.directory, options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
   def steps(self):
     return sorted(self._manager.all_steps())
@@ -46,45 +81,76 @@ class Checkpointer:
     `abstract_state` is a pytree of `jax.ShapeDtypeStruct` with shardings, e.g.
     from `jax.eval_shape`, giving structure, dtypes and placement. A checkpoint written
     before states had a `frozen` field restores as one whose `frozen` is empty, when the
-    state has no frozen inputs; one whose state fields differ otherwise (another layout,
-    not a corruption) stops the run with one line and is left in place.
+    state has no frozen inputs.
     """
     for step in reversed(self.steps()):
+      self._check_structure(step, abstract_state)
       try:
-        state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        return state, step
+        state = self._restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
-        older = self._restore_older_layout(step, abstract_state)
-        if older is not None:
-          return older, step
         self._set_aside(step, e)
+        continue
+      problem = self._verify(step, state)
+      if problem:
+        self._set_aside(step, ValueError(problem))
+        continue
+      return state, step
     return None
 
-  def _saved_fields(self, step: int) -> Optional[set]:
+  def _saved_leaves(self, step: int) -> Optional[Dict[str, Any]]:
+    """{leaf name: Orbax's array metadata} of a checkpoint, or None when unreadable."""
     try:
-      metadata = ocp.StandardCheckpointer().metadata(
-          os.path.join(self.directory, str(step), "default"))
-      return set(metadata.item_metadata.tree)
+      metadata = self._manager.item_metadata(step)
+      return _leaves(getattr(metadata, "tree", metadata)) or None
     except Exception:  # pylint: disable=broad-except
-      return None  # unreadable metadata: a damaged checkpoint
-
-  def _restore_older_layout(self, step: int, abstract_state: Any):
-    """The state from a checkpoint without `frozen` (jaxlab before the inputs block), or None
-    when the checkpoint's fields are those expected (then it is damaged)."""
-    saved = self._saved_fields(step)
-    expected = {f.name for f in dataclasses.fields(abstract_state)} if (
-        dataclasses.is_dataclass(abstract_state)) else None
-    if saved is None or expected is None or saved == expected:
       return None
-    if saved == expected - {"frozen"} and not jax.tree.leaves(abstract_state.frozen):
-      target = {name: getattr(abstract_state, name) for name in saved}
+
+  def _check_structure(self, step: int, abstract_state: Any) -> None:
+    """A UserError naming the leaves when the checkpoint holds other variables than the state
+    (another model or method: not a damaged file, so it is left in place)."""
+    saved = self._saved_leaves(step)
+    if saved is None:
+      return  # unreadable metadata: restoring fails and the step is set aside
+    expected = _leaves(abstract_state)
+    missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    shapes = sorted(k for k in set(saved) & set(expected)
+                    if tuple(getattr(saved[k], "shape", ()) or ()) != tuple(expected[k].shape))
+    if not (missing or extra or shapes):
+      return
+    details = "; ".join(part for part in (
+        f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else "",
+        "shapes differ at " + ", ".join(
+            f"{k} {tuple(saved[k].shape)} there, {tuple(expected[k].shape)} here"
+            for k in shapes[:2]) if shapes else "") if part)
+    raise UserError(f"the checkpoint at step {step} in {self.directory} holds the variables of "
+                    f"another model or method ({details}): it is left in place; resume it with "
+                    "the config that wrote it, or use a new --workdir")
+
+  def _restore(self, step: int, abstract_state: Any):
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except ValueError:
+      # written before states had `frozen` (an empty dict has no leaves, so the leaf check
+      # passed): restore the other fields
+      if not (dataclasses.is_dataclass(abstract_state) and hasattr(abstract_state, "frozen")
+              and not jax.tree.leaves(abstract_state.frozen)):
+        raise
+      target = {f.name: getattr(abstract_state, f.name)
+                for f in dataclasses.fields(abstract_state) if f.name != "frozen"}
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
       return abstract_state.replace(**restored)
-    raise UserError(
-        f"the checkpoint at step {step} in {self.directory} holds the state fields "
-        f"{sorted(saved)}, this jaxlab's {type(abstract_state).__name__} has {sorted(expected)}: "
-        "it was written by another version of the method; it is left in place (resume it "
-        "with the jaxlab that wrote it, or use a new --workdir)")
+
+  def _verify(self, step: int, state: Any) -> str:
+    """'' when the restored arrays match the checksums saved with them (or none were saved:
+    a checkpoint of an earlier jaxlab), else what differs."""
+    path = os.path.join(self.directory, str(step), CHECKSUMS)
+    if not os.path.exists(path):
+      return ""
+    with open(path) as f:
+      saved = json.load(f)
+    actual = checksums(state)
+    bad = sorted(k for k in set(saved) | set(actual) if saved.get(k) != actual.get(k))
+    return f"checksum mismatch in {len(bad)} array(s), e.g. {bad[0]}" if bad else ""
 
   def _set_aside(self, step: int, error: Exception) -> None:
     path = os.path.join(self.directory, str(step))
@@ -104,8 +170,25 @@ class Checkpointer:
     self._manager.close()
     self._manager = self._new_manager()
 
-  def save(self, step: int, state: Any) -> None:
+  def save(self, step: int, state: Any, notes: Optional[Dict[str, Any]] = None) -> None:
+    """Saves `state` at `step` and, once it is on disk, its checksums and the JSON `notes` the
+    loop keeps beside it (`notes(step)` reads them back)."""
     self._manager.save(step, args=ocp.args.StandardSave(state))
+    sums = checksums(state)
+    self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for name, payload in ((CHECKSUMS, sums), (NOTES, notes or {})):
+        path = os.path.join(self.directory, str(step), name)
+        with open(path + ".tmp", "w") as f:
+          json.dump(payload, f, indent=0, sort_keys=True)
+        os.replace(path + ".tmp", path)
+
+  def notes(self, step: int) -> Dict[str, Any]:
+    path = os.path.join(self.directory, str(step), NOTES)
+    if not os.path.exists(path):
+      return {}
+    with open(path) as f:
+      return json.load(f)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

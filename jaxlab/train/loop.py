@@ -33,6 +33,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Dict
 
@@ -41,9 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxlab import methods
-from jaxlab.errors import TrainingDiverged, UserError
+from jaxlab import methods, validation
+from jaxlab.errors import Interrupted, TrainingDiverged, UserError
 from jaxlab.train import inputs, sharding
+from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.checkpoint import Checkpointer, load_pretrained
 from jaxlab.train.metrics import MetricWriter
 
@@ -113,11 +116,8 @@ class _Selection:
         self.best = saved
 
   def offer(self, step: int, evaluation: Dict[str, float]) -> None:
-    if not self.key:
+    if not self.key:  # (the key is an evaluated metric: checked before training)
       return
-    if self.key not in evaluation:
-      raise UserError(f"train.select_by={self.key!r} is not an evaluated metric; valid: "
-                      + ", ".join(k for k in evaluation if not k.endswith("_ci95")))
     if self.best is None or evaluation[self.key] < self.best["metrics"][self.key]:
       self.best = {"step": step, "metrics": dict(evaluation)}
       if self.lead:
@@ -134,17 +134,63 @@ def _eta(seconds: float) -> str:
   return str(datetime.timedelta(seconds=int(seconds)))
 
 
+class _StopSignals:
+  """SIGINT / SIGTERM while training: remembered and acted on at the next step boundary (a
+  checkpoint, then `Interrupted`); a second Ctrl-C stops at once (KeyboardInterrupt)."""
+
+  def __enter__(self):
+    self.received, self._previous = None, {}
+    if threading.current_thread() is threading.main_thread():
+      for number in (signal.SIGINT, signal.SIGTERM):
+        self._previous[number] = signal.signal(number, self._handle)
+    return self
+
+  def _handle(self, number, frame):
+    del frame
+    if self.received is not None and number == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = number
+
+  def __exit__(self, *exc):
+    for number, handler in self._previous.items():
+      signal.signal(number, handler)
+
+
+def _eval_metric_names(eval_fn, abstract, eval_data) -> Dict[str, tuple]:
+  """{split: names of the per-example metrics the evaluation returns}, without running it."""
+  return {split: tuple(jax.eval_shape(eval_fn, abstract, data, jnp.int32(0))[0])
+          for split, data in eval_data.items()}
+
+
+def _check_select_by(select_by: str, names: Dict[str, tuple]) -> None:
+  if not select_by:
+    return
+  split, _, metric = select_by.partition("/")
+  valid = [f"{s}/{n}" for s, ns in names.items() for n in ns]
+  if split not in names or metric not in names[split]:
+    raise UserError(f"train.select_by={select_by!r} is not an evaluated metric; valid: "
+                    + ", ".join(valid))
+
+
 def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   """Trains `config.method` as configured, resuming from `workdir` if possible; returns results."""
-  sharding.initialize_distributed(config)
   method = methods.get_method(config.method)
+  validation.validate(config, method)
+  workdir_lib.check(workdir, config)
+  sharding.initialize_distributed(config)  # before anything asks JAX about devices
+  lead = jax.process_index() == 0
+  log = functools.partial(print, flush=True) if lead else (lambda *a, **k: None)
+  finished = workdir_lib.finished_results(workdir, config)
+  if finished is not None:
+    log(f"jaxlab: {workdir} holds a finished run (step {finished['step']}); nothing to do; "
+        + " ".join(f"{k} {v:.4f}" for k, v in finished.items()
+                   if isinstance(v, float) and not k.endswith("_ci95")))
+    return finished
   mesh = sharding.make_mesh()
   task = method.make_task(config, mesh.size)
   spec = task.spec
   eval_splits = tuple(s.strip() for s in config.data.eval_splits.split(",") if s.strip())
   eval_host = {split: task.eval_arrays(split) for split in eval_splits}
-  lead = jax.process_index() == 0
-  log = functools.partial(print, flush=True) if lead else (lambda *a, **k: None)
 
   init_key, data_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
   init = lambda rng: method.init(config, rng, spec)
@@ -153,10 +199,18 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   state_sharding = jax.tree.map(lambda _: repl, abstract)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
                           abstract)
+
+  def train_fn(state, data):
+    batch = sharding.shard_batch(task.train_batch(data, data_key, state.step), mesh)
+    rng = jax.random.fold_in(step_key, state.step)
+    return method.train_step(state, batch, rng, config=config, spec=spec)
+
+  def eval_fn(state, data, index):
+    batch = sharding.shard_batch(task.eval_batch(data, index), mesh)
+    return method.eval_step(state, batch, config=config, spec=spec), batch["mask"]
+
   select_by = config.train.get("select_by", "")
-  if select_by and select_by.split("/", 1)[0] not in eval_splits:
-    raise UserError(f"train.select_by={select_by!r} names a split that is not evaluated; "
-                    f"data.eval_splits: {', '.join(eval_splits)}")
+  _check_select_by(select_by, _eval_metric_names(eval_fn, abstract, eval_host))
   pretrained = None
   if config.get("init_from"):  # read (and checked) before anything is written
     pretrained = load_pretrained(config.init_from,
@@ -165,14 +219,17 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   # frozen weights the method reads from other runs (e.g. MGR's generator), also checked now
   frozen = inputs.load_method_inputs(method, config, spec)
 
-  os.makedirs(workdir, exist_ok=True)
+  train_data = sharding.put_replicated(task.train_arrays(), mesh)
+  # a config error that only the step's trace meets (e.g. an unknown sovr.switch_rule) stops
+  # the run now, not after it wrote checkpoints
+  jax.eval_shape(train_fn, abstract, train_data)
+  # (a checkpoint of another model stops the run here, before config.json is touched)
+  workdir_lib.create(workdir)
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+  restored = checkpoints.restore_latest(abstract)
   if lead:
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-
-  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
-  train_data = sharding.put_replicated(task.train_arrays(), mesh)
-  restored = checkpoints.restore_latest(abstract)
+      f.write(workdir_lib.config_json(config))
   if restored is None:
     state, start = jax.jit(init, out_shardings=state_sharding)(init_key), 0
     if pretrained is not None or frozen or method.start_from:
@@ -183,17 +240,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   else:
     state, start = restored
     log(f"jaxlab: resuming from the checkpoint at step {start} in {checkpoints.directory}")
+  pending = checkpoints.notes(start).get("pending_metrics", []) if restored else []
   writer = MetricWriter(workdir, resume_step=start if restored else None)
   eval_data = {split: sharding.put_replicated(a, mesh) for split, a in eval_host.items()}
-
-  def train_fn(state, data):
-    batch = sharding.shard_batch(task.train_batch(data, data_key, state.step), mesh)
-    rng = jax.random.fold_in(step_key, state.step)
-    return method.train_step(state, batch, rng, config=config, spec=spec)
-
-  def eval_fn(state, data, index):
-    batch = sharding.shard_batch(task.eval_batch(data, index), mesh)
-    return method.eval_step(state, batch, config=config, spec=spec), batch["mask"]
 
   donate = (0,) if jax.default_backend() != "cpu" else ()  # XLA:CPU cannot donate
   train_fn = jax.jit(train_fn, donate_argnums=donate, out_shardings=(state_sharding, repl))
@@ -219,39 +268,66 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   selection = _Selection(workdir, select_by, start if restored else 0, lead)
 
   total = config.train.steps
+  if total == 0:
+    log("jaxlab: train.steps=0: evaluating only, no training step")
   log_every = max(1, config.train.log_every)
-  pending, started, last_time, last_step = [], time.time(), time.time(), start
+  # simulated CPU devices run each step's all-reduce in threads that time out when many
+  # steps are queued; one step in flight keeps them in step
+  sync_each_step = jax.default_backend() == "cpu" and jax.device_count() > 1
+  final_train_path = os.path.join(workdir, "final_train_metrics.json")
+  started, last_time, last_step = time.time(), time.time(), start
   metrics = {}
   try:
-    for step in range(start, total):
-      state, metrics = train_fn(state, train_data)
-      pending.append(metrics)
-      done = step + 1
-      final = done == total
-      do_eval = bool(config.train.eval_every) and done % config.train.eval_every == 0 and not final
-      do_save = final or (config.train.checkpoint_every and done % config.train.checkpoint_every == 0)
-      if final or do_eval or do_save or done % log_every == 0:
-        means = _check_finite(pending, done - len(pending) + 1, checkpoints)
-        pending = []
-        now = time.time()
-        rate = (done - last_step) / max(now - last_time, 1e-9)
-        last_time, last_step = now, done
-        writer.write(done, "train", {**means, "steps_per_sec": rate})
-        shown = " ".join(f"{k} {v:.4g}" for k, v in means.items())
-        log(f"step {done}/{total} | {shown} | {rate:.1f} steps/s | "
-            f"ETA {_eta((total - done) / max(rate, 1e-9))}")
-      if do_eval:
-        evaluation = evaluate(state)
-        selection.offer(done, evaluation)
-        for split in eval_splits:
-          writer.write(done, split, {k.split("/", 1)[1]: v for k, v in evaluation.items()
-                                     if k.startswith(split + "/")})
-        log(f"step {done}/{total} | " + " ".join(f"{k} {v:.4g}" for k, v in evaluation.items()
-                                                  if not k.endswith("_ci95")))
-      if do_save:
-        checkpoints.save(done, state)
+    with _StopSignals() as signals:
+      for step in range(start, total):
+        state, metrics = train_fn(state, train_data)
+        if sync_each_step:
+          jax.block_until_ready(metrics)
+        pending.append(metrics)
+        done = step + 1
+        final = done == total
+        stop = signals.received is not None
+        do_eval = (bool(config.train.eval_every) and done % config.train.eval_every == 0
+                   and not final and not stop)
+        do_save = stop or final or (config.train.checkpoint_every
+                                    and done % config.train.checkpoint_every == 0)
+        log_now = final or do_eval or done % log_every == 0
+        if log_now or do_save:  # nothing non-finite is ever logged or saved
+          means = _check_finite(pending, done - len(pending) + 1, checkpoints)
+        if log_now:
+          pending = []
+          now = time.time()
+          rate = (done - last_step) / max(now - last_time, 1e-9)
+          last_time, last_step = now, done
+          writer.write(done, "train", {**means, "steps_per_sec": rate})
+          shown = " ".join(f"{k} {v:.4g}" for k, v in means.items())
+          log(f"step {done}/{total} | {shown} | {rate:.1f} steps/s | "
+              f"ETA {_eta((total - done) / max(rate, 1e-9))}")
+        if do_eval:
+          evaluation = evaluate(state)
+          selection.offer(done, evaluation)
+          for split in eval_splits:
+            writer.write(done, split, {k.split("/", 1)[1]: v for k, v in evaluation.items()
+                                       if k.startswith(split + "/")})
+          log(f"step {done}/{total} | " + " ".join(f"{k} {v:.4g}" for k, v in evaluation.items()
+                                                    if not k.endswith("_ci95")))
+        if do_save:  # with the steps of an unfinished log window, so a resumed run logs it whole
+          writer.flush()  # first: a checkpoint on disk implies its events are too
+          checkpoints.save(done, state, {"pending_metrics": [
+              {k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]})
+        if final and lead:  # for results.json, should the final evaluation be cut short
+          _write_json(final_train_path, {k: float(v) for k, v in
+                                         jax.device_get(metrics).items()})
+        if stop:
+          name = signal.Signals(signals.received).name
+          raise Interrupted(f"interrupted ({name}) at step {done}; the checkpoint at step "
+                            f"{done} is saved in {checkpoints.directory}; resume with the same "
+                            "command", 128 + signals.received)
     final_evaluation = evaluate(state)
     selection.offer(total, final_evaluation)
+    if not metrics and os.path.exists(final_train_path):  # resumed after the last step
+      with open(final_train_path) as f:
+        metrics = json.load(f)
     results = {"step": int(jax.device_get(state.step)), **final_evaluation, **selection.results(),
                # the final step's own training metrics (e.g. per-layer sparsity); one step,
                # not a window mean, so a resumed run writes the same file

@@ -3,7 +3,9 @@
 Each line of `workdir/metrics.jsonl` is `{"step": s, "split": "train", "loss": ..., ...}`.
 Only process 0 writes. On resume, lines after the restored step (written by the
 interrupted run and about to be recomputed, identically) are dropped, so the
-file reads like one uninterrupted run.
+file reads like one uninterrupted run; TensorBoard is told the same (`purge_step`: events
+after the restored step are hidden and written again), and its events are flushed with every
+checkpoint, so a killed run loses none that its checkpoint covers.
 """
 
 import json
@@ -39,11 +41,17 @@ class MetricWriter:
             keep.append(line if line.endswith("\n") else line + "\n")
       with open(self.path, "w") as f:
         f.writelines(keep)
+    self._tb_dir, self._tb_files = os.path.join(workdir, "tensorboard"), 0
+    self._tb = self._open_tensorboard(None if resume_step is None else resume_step + 1)
+
+  def _open_tensorboard(self, purge_step: Optional[int] = None):
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
     except ImportError:
-      self._tb = None
+      return None
+    self._tb_files += 1  # file names hold the second they were opened in: keep them apart
+    return SummaryWriter(self._tb_dir, purge_step=purge_step,
+                         filename_suffix=f".{self._tb_files:05d}")
 
   def write(self, step: int, split: str, values: Dict[str, float]) -> None:
     if not self.enabled:
@@ -54,6 +62,13 @@ class MetricWriter:
     if self._tb is not None:
       for key, value in values.items():
         self._tb.add_scalar(f"{split}/{key}", float(value), int(step))
+
+  def flush(self) -> None:
+    """Every event written so far is in its file when this returns (tensorboardX's own flush
+    leaves the events its writer thread has not taken yet: closing drains them)."""
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = self._open_tensorboard()
 
   def close(self) -> None:
     if self._tb is not None:

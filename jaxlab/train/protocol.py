@@ -15,12 +15,13 @@ PROTOCOL = ("make_task", "init", "train_step", "eval_step", "start_from", "repor
 
 
 class Variant:
-  """A variant's bound options (keyword arguments), the frozen inputs it reads, and the
-  protocol functions it has in place of its family module's."""
+  """A variant's bound options (keyword arguments), the frozen inputs it reads, the config
+  blocks it reads (`config.<block>`, checked before a run starts) and the protocol functions
+  it has in place of its family module's."""
 
-  def __init__(self, *, inputs: Tuple[Input, ...] = (),
+  def __init__(self, *, inputs: Tuple[Input, ...] = (), blocks: Tuple[str, ...] = (),
                functions: Optional[Mapping[str, Callable]] = None, **options):
-    self.inputs, self.options = tuple(inputs), dict(options)
+    self.inputs, self.blocks, self.options = tuple(inputs), tuple(blocks), dict(options)
     self.functions = dict(functions or {})
     unknown_functions = set(self.functions) - set(PROTOCOL)
     if unknown_functions:
@@ -34,6 +35,7 @@ class Method:
   family: str                               # the module under jaxlab/methods
   options: Mapping[str, Any]
   inputs: Tuple[Input, ...]
+  blocks: Tuple[str, ...]                   # the config blocks it reads
   make_task: Callable
   init: Callable
   train_step: Callable

@@ -28,13 +28,19 @@ def initialize_distributed(config) -> None:
     return
   if jax.distributed.is_initialized():
     return
-  if cfg.coordinator_address:
-    if jax.config.jax_platforms in (None, "", "cpu") or cfg.get("cpu_collectives", False):
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(cfg.coordinator_address, num_processes=cfg.num_processes,
-                               process_id=cfg.process_id)
-  else:
-    jax.distributed.initialize()
+  try:
+    if cfg.coordinator_address:
+      if jax.config.jax_platforms in (None, "", "cpu") or cfg.get("cpu_collectives", False):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      jax.distributed.initialize(cfg.coordinator_address, num_processes=cfg.num_processes,
+                                 process_id=cfg.process_id)
+    else:
+      jax.distributed.initialize()
+  except (ValueError, RuntimeError) as e:
+    hint = ("" if cfg.coordinator_address else "; outside a cluster JAX detects (Cloud TPU, "
+            "SLURM, ...) give distributed.coordinator_address, num_processes and process_id")
+    raise UserError(f"distributed.enabled=True, but joining the run failed "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}){hint}") from None
 
 
 def make_mesh() -> Mesh:
