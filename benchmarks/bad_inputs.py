@@ -171,12 +171,14 @@ def check(case, runs, env):
   result = run(args, env)
   after = _snapshot(workdir) if workdir != "none" else {}
   lines = result.stderr.strip().splitlines()
-  return {"input": name, "args": " ".join(a for a in args if not a.startswith("--workdir")),
+  shown = " ".join(a for a in args if not a.startswith("--workdir")).replace(runs, "<runs>")
+  return {"input": name, "args": shown,
           "exit": result.returncode, "error_lines": sum(l.startswith("jaxlab: error:")
                                                         for l in lines),
           "traceback": "Traceback" in result.stderr,
           "workdir_changed": before != after,
-          "message": next((l for l in lines if l.startswith("jaxlab: error:")), lines[-1:]),
+          "message": next((l for l in lines if l.startswith("jaxlab: error:")),
+                          lines[-1] if lines else ""),
           }
 
 
@@ -196,11 +198,14 @@ def main():
   selected = [c for c in cases(runs) if args.only in c[0]]
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     rows = list(pool.map(lambda c: check(c, runs, env), selected))
-  print("| # | input | exit | error lines | traceback | workdir changed |")
-  print("|---|---|---|---|---|---|")
+  print("| # | input | exit | error lines | traceback | workdir changed | the line |")
+  print("|---|---|---|---|---|---|---|")
   for i, r in enumerate(rows, 1):
+    line = r["message"].replace("jaxlab: error: ", "").replace("|", "\\|").replace(runs, "<runs>")
+    line = line if len(line) <= 160 else line[:157] + "..."
     print(f"| {i} | {r['input']} (`{r['args']}`) | {r['exit']} | {r['error_lines']} | "
-          f"{'yes' if r['traceback'] else 'no'} | {'yes' if r['workdir_changed'] else 'no'} |")
+          f"{'yes' if r['traceback'] else 'no'} | {'yes' if r['workdir_changed'] else 'no'} | "
+          f"{line} |")
   bad = [r for r in rows if r["exit"] != 2 or r["error_lines"] != 1 or r["traceback"]
          or r["workdir_changed"]]
   print(f"\n{len(rows)} inputs: {sum(r['traceback'] for r in rows)} tracebacks, "
