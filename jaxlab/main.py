@@ -18,6 +18,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from jaxlab import config as config_lib
+from jaxlab import validation
 from jaxlab.errors import Interrupted, UserError
 
 
@@ -55,7 +56,6 @@ def parse(argv: Sequence[str]) -> Tuple[config_lib.ConfigDict, str, str]:
   if not flag_values.workdir:
     raise UserError("--workdir is required: the directory for checkpoints, metrics and results")
   config = flag_values["config"].value
-  from jaxlab import validation  # pylint: disable=g-import-not-at-top
   validation.check_types(config, reference)
   return config, flag_values.workdir, flag_values.verbosity
 

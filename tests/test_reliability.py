@@ -52,7 +52,8 @@ def assert_one_line(code, err, *fragments, exit_code=2):
 @pytest.mark.parametrize("args,fragment", [
     # bad inputs that ended in a traceback
     (TINY + ["--config.model.hidden=abc"], "config.model.hidden=('abc',): 'abc' is not a number"),
-    (TINY + ["--config.train.batch_size=0"], "config.train.batch_size=0 is out of range: it must be >= 1"),
+    (TINY + ["--config.train.batch_size=0"],
+     "config.train.batch_size=0 is out of range: it must be >= 1"),
     (TINY + ["--config.train.batch_size=-4"], "config.train.batch_size=-4 is out of range"),
     (TINY + ["--config.train.eval_batch_size=0"], "config.train.eval_batch_size=0"),
     (["--config=README.md"], "is not a Python file"),
@@ -158,18 +159,17 @@ def _train_losses(workdir):
 
 def test_four_simulated_devices_at_the_presets_log_interval(tmp_path):
   """erm digits (log_every 250) used to abort after a 40 s all-reduce rendezvous timeout."""
-  args = ["--config=configs/erm.py:digits", "--config.train.steps=600"]
+  args = ["--config=configs/erm.py:digits", "--config.train.steps=300"]
   one = run_main(*args, f"--workdir={tmp_path / 'one'}")
   four = run_main(*args, f"--workdir={tmp_path / 'four'}",
                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
   assert one.returncode == 0 and four.returncode == 0, four.stderr[-2000:]
   a, b = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "four")
-  assert sorted(a) == sorted(b) == [250, 500, 600]
+  assert sorted(a) == sorted(b) == [250, 300]
   # the first window as the first 20 steps (test_train_loop); later ones drift with the
-  # reassociated all-reduce sums (measured 4e-5 at step 600)
+  # reassociated all-reduce sums (benchmarks/four_devices.py: 3e-7 over steps 1-100)
   assert abs(a[250] - b[250]) <= 1e-5 * abs(a[250]), (a[250], b[250])
-  for step in (500, 600):
-    assert abs(a[step] - b[step]) <= 1e-3 * abs(a[step]), (step, a[step], b[step])
+  assert abs(a[300] - b[300]) <= 1e-3 * abs(a[300]), (a[300], b[300])
 
 
 def test_the_command_line_from_another_directory(tmp_path):
@@ -241,10 +241,18 @@ def _wait_for(path, proc):
     time.sleep(0.005)
 
 
-@pytest.mark.parametrize("number,exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, number, exit_code):
-  reference = tmp_path / "reference"
+@pytest.fixture(scope="module")
+def reference_400(tmp_path_factory):
+  """An uninterrupted run of LONG's settings cut to 400 steps."""
+  reference = tmp_path_factory.mktemp("reference") / "run"
   assert cli(*LONG[:1], "--config.train.steps=400", *LONG[2:], f"--workdir={reference}")[0] == 0
+  return reference
+
+
+@pytest.mark.parametrize("number,exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, reference_400,
+                                                                  number, exit_code):
+  reference = reference_400
   workdir = tmp_path / "run"
   proc = _start(workdir)
   _wait_for(workdir / "checkpoints" / "100", proc)
@@ -265,16 +273,17 @@ def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, numbe
         range(50, 401, 50))
 
 
-def test_tensorboard_has_no_hole_after_a_kill(tmp_path):
+def test_tensorboard_has_no_hole_after_a_kill(tmp_path, reference_400):
   workdir = tmp_path / "run"
   proc = _start(workdir)
   _wait_for(workdir / "checkpoints" / "300", proc)
   proc.kill()
-  proc.wait()
+  proc.communicate()  # reaps it and closes its pipes
   shown = _tensorboard_steps(workdir)
   assert set(range(50, 201, 50)) <= set(shown)  # flushed with the checkpoint at 200
   assert cli(*LONG[:1], "--config.train.steps=400", *LONG[2:], f"--workdir={workdir}")[0] == 0
   assert _tensorboard_steps(workdir) == list(range(50, 401, 50))
+  assert (workdir / "results.json").read_text() == (reference_400 / "results.json").read_text()
 
 
 def test_the_jaxlab_command_is_not_shadowed_by_a_folder_named_jaxlab(tmp_path):
