@@ -157,8 +157,8 @@ class _StopSignals:
 
 
 def _eval_metric_names(eval_fn, abstract, eval_data) -> Dict[str, tuple]:
-  """{split: names of the per-example metrics the evaluation returns}, without running it."""
-  return {split: tuple(jax.eval_shape(eval_fn, abstract, data, jnp.int32(0))[0])
+  """{split: names of the per-example metrics the jitted evaluation returns}, traced, not run."""
+  return {split: tuple(eval_fn.eval_shape(abstract, data, jnp.int32(0))[0])
           for split, data in eval_data.items()}
 
 
@@ -209,8 +209,12 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     batch = sharding.shard_batch(task.eval_batch(data, index), mesh)
     return method.eval_step(state, batch, config=config, spec=spec), batch["mask"]
 
+  donate = (0,) if jax.default_backend() != "cpu" else ()  # XLA:CPU cannot donate
+  train_fn = jax.jit(train_fn, donate_argnums=donate, out_shardings=(state_sharding, repl))
+  eval_fn = jax.jit(eval_fn, out_shardings=repl)
+  eval_data = {split: sharding.put_replicated(a, mesh) for split, a in eval_host.items()}
   select_by = config.train.get("select_by", "")
-  _check_select_by(select_by, _eval_metric_names(eval_fn, abstract, eval_host))
+  _check_select_by(select_by, _eval_metric_names(eval_fn, abstract, eval_data))
   pretrained = None
   if config.get("init_from"):  # read (and checked) before anything is written
     pretrained = load_pretrained(config.init_from,
@@ -221,8 +225,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
 
   train_data = sharding.put_replicated(task.train_arrays(), mesh)
   # a config error that only the step's trace meets (e.g. an unknown sovr.switch_rule) stops
-  # the run now, not after it wrote checkpoints
-  jax.eval_shape(train_fn, abstract, train_data)
+  # the run now, not after it wrote checkpoints (the jitted step reuses this trace)
+  train_fn.eval_shape(abstract, train_data)
   # (a checkpoint of another model stops the run here, before config.json is touched)
   workdir_lib.create(workdir)
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
@@ -242,11 +246,6 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     log(f"jaxlab: resuming from the checkpoint at step {start} in {checkpoints.directory}")
   pending = checkpoints.notes(start).get("pending_metrics", []) if restored else []
   writer = MetricWriter(workdir, resume_step=start if restored else None)
-  eval_data = {split: sharding.put_replicated(a, mesh) for split, a in eval_host.items()}
-
-  donate = (0,) if jax.default_backend() != "cpu" else ()  # XLA:CPU cannot donate
-  train_fn = jax.jit(train_fn, donate_argnums=donate, out_shardings=(state_sharding, repl))
-  eval_fn = jax.jit(eval_fn, out_shardings=repl)
 
   def evaluate(state) -> Dict[str, float]:
     results = {}
