@@ -40,6 +40,7 @@ RANGES = {
     "aug.crop_padding": at_least(0),
     "optimizer.learning_rate": at_least(0),
     "optimizer.warmup_steps": at_least(0),
+    "optimizer.warmup_offset": at_least(0),
     "optimizer.decay_steps": (lambda v: v >= 0, ">= 0 (0: train.steps)"),
     "optimizer.weight_decay": at_least(0),
     "optimizer.momentum": fraction_closed_open,

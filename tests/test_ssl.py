@@ -19,7 +19,7 @@ from jaxlab.errors import UserError
 from jaxlab.methods import generative_reg as core
 from jaxlab.methods import meta_gen_ssl
 from jaxlab.methods import ssl as family
-from jaxlab.train import inputs
+from jaxlab.train import inputs, optim
 
 
 def test_pseudo_label_loss_matches_numpy_and_stops_the_weak_gradient():
@@ -299,6 +299,59 @@ def test_resemblance_loss_decreases_in_the_meta_phase_without_the_lookahead(tmp_
   outside = np.array([0, 1, 8, 9])  # rows never in nu_b: no gradient, no Adam movement
   np.testing.assert_array_equal(state.latents["a"][outside], start.latents["a"][outside])
   assert float(jnp.abs(state.latents["a"][2:8] - start.latents["a"][2:8]).max()) > 0.1
+
+
+def test_row_adam_moves_a_row_as_an_adam_that_sees_it_only_when_sampled():
+  rng = np.random.default_rng(0)
+  pool = {"u": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+          "a": jnp.asarray(rng.normal(size=(5, 2)), jnp.float32)}
+  lrs = {"u": 0.1, "a": 0.03}
+  schedule = [[0, 1], [1, 2], [0, 2, 2], [1, 3]]  # row 2 twice at step 3: its gradients add
+  grads = [{k: jnp.asarray(rng.normal(size=(len(rows),) + v.shape[1:]), jnp.float32)
+            for k, v in pool.items()} for rows in schedule]
+  params, state = pool, optim.row_adam_init(pool)
+  for rows, g in zip(schedule, grads):
+    params, state = optim.row_adam_update(params, g, state, jnp.asarray(rows), lrs)
+  np.testing.assert_array_equal(state["count"], [2, 3, 2, 1, 0])
+  for k in pool:  # row 4 was never sampled: unmoved, zero moments
+    np.testing.assert_array_equal(params[k][4], pool[k][4])
+    assert not np.any(state["mu"][k][4]) and not np.any(state["nu"][k][4])
+  for row in range(4):  # each row against optax.adam run on that row alone
+    for k in pool:
+      tx = optax.adam(lrs[k])
+      p = pool[k][row]
+      opt_state = tx.init(p)
+      for rows, g in zip(schedule, grads):
+        if row in rows:
+          row_grad = sum(g[k][i] for i, r in enumerate(rows) if r == row)
+          updates, opt_state = tx.update(row_grad, opt_state, p)
+          p = optax.apply_updates(p, updates)
+      np.testing.assert_allclose(params[k][row], p, rtol=1e-6, atol=1e-7)
+
+
+def test_latents_outside_the_batch_keep_their_values_and_moments_in_the_meta_phase(tmp_path):
+  """Spec §3(c): an Adam step on the sampled latents. A row sampled at step 1 and not at step 2
+  stays where step 1 left it (a dense Adam over the pool moved it by ~67% of a step)."""
+  config = _meta_gen_ssl_config(tmp_path, **{"meta_gen_ssl.lr_u": 0.05,
+                                             "meta_gen_ssl.lr_a": 0.05})
+  state, spec = _meta_gen_ssl_start(config)
+  step = jax.jit(lambda s, b: meta_gen_ssl.meta_step(config, spec, s, b, jax.random.key(1), 0.1))
+  first_batch, second_batch = _meta_batch(np.arange(0, 6)), _meta_batch(np.arange(4, 10), seed=1)
+  latents, opt_state, _ = step(state, first_batch)
+  after_first = state.replace(latents=latents, latent_opt_state=opt_state)
+  latents, opt_state, _ = step(after_first, second_batch)
+  for k in ("u", "a"):
+    np.testing.assert_array_equal(latents[k][:4], after_first.latents[k][:4])
+    np.testing.assert_array_equal(opt_state["mu"][k][:4], after_first.latent_opt_state["mu"][k][:4])
+    assert float(jnp.abs(latents[k][4:] - after_first.latents[k][4:]).max()) > 1e-3
+  np.testing.assert_array_equal(opt_state["count"], [1] * 4 + [2] * 2 + [1] * 4)
+  # a row's first step is a full Adam step: -lr g / (|g| + eps) on every coordinate of a
+  nu = jax.tree.map(lambda x: x[np.arange(6)], state.latents)
+  _, _, grads = jax.jit(lambda nu: meta_gen_ssl.meta_objective(
+      config, spec, state, first_batch, nu, jax.random.key(1), 0.1))(nu)
+  np.testing.assert_allclose(after_first.latents["a"][:6] - state.latents["a"][:6],
+                             -0.05 * grads["a"] / (np.abs(grads["a"]) + 1e-8), rtol=1e-4,
+                             atol=1e-7)
 
 
 def test_random_latent_init_is_one_hot_and_non_meta_training_keeps_the_latents(tmp_path):

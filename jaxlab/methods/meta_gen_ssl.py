@@ -13,10 +13,11 @@ x_j = G(u_j, softmax(a_j)). Each latent is tied to a labeled anchor image x_pi(j
 pi(j) = j mod N (N labeled images). At the start u_j ~ N(0, I) and a_j = log C_s(x_pi(j)) with
 the frozen source classifier C_s (the input `source_classifier`, a classifier run on the
 generator's classes: "pseudo conditional sampling", `latent_init="pseudo_conditional"`), or
-a_j = log one-hot of a uniform class (`latent_init="random"`). Per iteration, on a mini-batch nu_b of `synthetic_batch` latents:
+a_j = log one-hot of a uniform class (`latent_init="random"`). Per iteration, on a mini-batch
+nu_b of `synthetic_batch` latents:
   (i)  meta phase (`meta=True`; the classifier theta constant): one Adam step on nu_b (lr
-       `lr_u` on u, `lr_a` on a; Adam runs on the whole pool, the rows outside nu_b getting a
-       zero gradient) on
+       `lr_u` on u, `lr_a` on a; a lazy Adam with per-row moments and step counts,
+       `optim.row_adam_update`: rows outside nu_b neither move nor age) on
          L_val(nu_b) + beta * L_sim(nu_b),
          L_val = CE(f_theta'(x_v), y_v),  theta' = theta - eta grad_theta[CE(f_theta(x_l), y_l)
                                                    + lambda_u L_u(psi; G(nu_b))]
@@ -81,12 +82,6 @@ def _source_model(config):
                                  config.meta_gen_ssl.source_classes)
 
 
-def _latent_optimizer(config) -> optax.GradientTransformation:
-  m = config.meta_gen_ssl
-  return optax.multi_transform({"u": optax.adam(m.lr_u), "a": optax.adam(m.lr_a)},
-                               {"u": "u", "a": "a"})
-
-
 class MetaGenSslTask(tasks.SupervisedTask):
   """The labeled task; each batch adds `latent_index` (the pool rows of nu_b) and their
   anchors' labels, and with `meta` the anchor images and a second labeled (or validation)
@@ -139,14 +134,14 @@ def make_task(config, num_devices: int = 1) -> MetaGenSslTask:
 
 def init(config, rng: jax.Array, spec: tasks.Spec) -> MetaGenSslState:
   """Placeholder latents of the right shapes; `start_from` sets them from the labeled images
-  (Adam's initial state depends on the shapes only, so it is final here)."""
+  (the lazy Adam's initial state depends on the shapes only, so it is final here)."""
   m = config.meta_gen_ssl
   state = supervised.init(config, rng, spec)
   latents = {"u": jnp.zeros((m.pool_size, config.generator.latent_dim)),
              "a": jnp.zeros((m.pool_size, m.source_classes))}
   return MetaGenSslState(step=state.step, params=state.params, model_state=state.model_state,
                          opt_state=state.opt_state, latents=latents,
-                         latent_opt_state=_latent_optimizer(config).init(latents))
+                         latent_opt_state=optim.row_adam_init(latents))
 
 
 def renormalise(u: jax.Array) -> jax.Array:
@@ -268,17 +263,17 @@ def meta_objective(config, spec, state: MetaGenSslState, batch, latents, rng, in
 
 
 def meta_step(config, spec, state: MetaGenSslState, batch, rng, inner_lr):
-  """(latents, latent opt state, metrics): one Adam step of the pool on nu_b's gradient."""
+  """(latents, latent opt state, metrics): one Adam step of the sampled latents nu_b (spec
+  §3(c)): a lazy Adam whose moments and step counts are per pool row, so rows outside nu_b
+  neither move nor age."""
   m = config.meta_gen_ssl
   rows = batch["latent_index"]
   nu = jax.tree.map(lambda x: x[rows], state.latents)
   _, (val_loss, sim), grads = meta_objective(config, spec, state, batch, nu, rng, inner_lr)
-  pool_grads = jax.tree.map(lambda p, g: jnp.zeros_like(p).at[rows].add(g), state.latents, grads)
-  tx = _latent_optimizer(config)
-  updates, opt_state = tx.update(pool_grads, state.latent_opt_state, state.latents)
-  latents = optax.apply_updates(state.latents, updates)
-  if m.renormalise:
-    latents = {**latents, "u": renormalise(latents["u"])}
+  latents, opt_state = optim.row_adam_update(state.latents, grads, state.latent_opt_state, rows,
+                                             {"u": m.lr_u, "a": m.lr_a})
+  if m.renormalise:  # the stepped rows only: the others stay bit for bit
+    latents = {**latents, "u": latents["u"].at[rows].set(renormalise(latents["u"][rows]))}
   metrics = {"meta/lookahead_loss": val_loss, "meta/resemblance": sim,
              "meta/grad_norm": optax.tree.norm(grads)}
   return latents, opt_state, metrics

@@ -1,16 +1,20 @@
 """Optimizers and learning-rate schedules from `config.optimizer`.
 
 Fields: name (`sgd`, `adam`, `adamw`), learning_rate, schedule (`constant`,
-`cosine`, `step`), warmup_steps, decay_steps (0: the run's total steps),
+`cosine`, `step`), warmup_steps W, warmup_offset o (optional, default 0: the warm-up lr at
+step t < W is lr (t + o) / (W + o)), decay_steps (0: the run's total steps),
 step_boundaries/step_factor (for `step`), momentum, nesterov, b1, b2, eps,
 weight_decay (decoupled for adamw, L2 added to the gradient for sgd/adam, as
 PyTorch's `weight_decay`), grad_clip_norm, grad_clip_value (0: off).
 
-`apply_gradients` is the one optimizer step of a train state, shared by every method.
+`apply_gradients` is the one optimizer step of a train state, shared by every method;
+`row_adam_update` the lazy Adam of a pool whose rows are sampled per step (meta_gen_ssl).
 """
 
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from jaxlab.errors import unknown
@@ -31,8 +35,12 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   else:
     raise unknown("schedule (optimizer.schedule)", cfg.schedule, SCHEDULES)
   if cfg.warmup_steps:
-    warmup = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
-    return optax.join_schedules([warmup, main], [cfg.warmup_steps])
+    offset, steps, lr = cfg.get("warmup_offset", 0), cfg.warmup_steps, cfg.learning_rate
+    if offset:  # lr (t + o) / (W + o): Meta-ticket's schedulers.py has o = 1 (lr / (W + 1) at 0)
+      warmup = lambda t: lr * (t + offset) / (steps + offset)
+    else:       # lr t / W, big_vision's and optax's ramp from 0
+      warmup = optax.linear_schedule(0.0, lr, steps)
+    return optax.join_schedules([warmup, main], [steps])
   return main
 
 
@@ -70,3 +78,45 @@ def apply_gradients(state, grads, config, tx: Optional[optax.GradientTransformat
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                        opt_state=opt_state, **fields)
+
+
+def row_adam_init(params: dict) -> dict:
+  """State of `row_adam_update` for `params`, a dict of arrays sharing a leading row axis
+  [P, ...]: per-row step counts and per-row first and second moments, all zero."""
+  rows = jax.tree.leaves(params)[0].shape[0]
+  zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+  return {"count": jnp.zeros((rows,), jnp.int32), "mu": zeros(params), "nu": zeros(params)}
+
+
+def row_adam_update(params: dict, row_grads: dict, state: dict, rows: jax.Array, learning_rates,
+                    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> tuple:
+  """(params, state) after one Adam step of the rows `rows` of `params` only: a lazy
+  ("sparse") Adam, as PyTorch's SparseAdam or an Adam over the sampled rows alone.
+
+  `row_grads` holds the gradient of each entry of `rows` ([B, ...] per leaf); a row listed
+  twice gets the sum of its gradients and one step. Rows not in `rows` keep their values, their
+  moments and their step count, so a row moves exactly as an Adam that sees it only at the
+  steps where it is sampled (bias correction by the row's own count). `learning_rates` is a
+  float or a dict of floats with `params`' keys (e.g. {"u": lr_u, "a": lr_a}); `params` is a
+  dict of arrays.
+  A dense Adam over the pool with zero gradients for absent rows would instead keep moving
+  them on their stale momentum."""
+  size = state["count"].shape[0]
+  present = jnp.zeros((size,), bool).at[rows].set(True)
+  count = state["count"] + present
+  if not isinstance(learning_rates, dict):
+    learning_rates = {k: learning_rates for k in params}
+
+  def leaf(lr, p, g, mu, nu):
+    grad = jnp.zeros_like(p).at[rows].add(g)
+    mask = present.reshape((size,) + (1,) * (p.ndim - 1))
+    new_mu = jnp.where(mask, b1 * mu + (1 - b1) * grad, mu)
+    new_nu = jnp.where(mask, b2 * nu + (1 - b2) * grad * grad, nu)
+    t = jnp.maximum(count, 1).astype(p.dtype).reshape(mask.shape)
+    step = lr * (new_mu / (1 - b1 ** t)) / (jnp.sqrt(new_nu / (1 - b2 ** t)) + eps)
+    return jnp.where(mask, p - step, p), new_mu, new_nu
+
+  out = {k: leaf(learning_rates[k], params[k], row_grads[k], state["mu"][k], state["nu"][k])
+         for k in params}
+  pick = lambda i: {k: out[k][i] for k in out}
+  return pick(0), {"count": count, "mu": pick(1), "nu": pick(2)}
