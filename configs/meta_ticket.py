@@ -32,12 +32,13 @@ def _method(c, method, rerand_rate, score_lr=10.0, warmup=1000, maml_lr=1e-3):
   c.meta_ticket = ml_collections.ConfigDict(dict(aux="", first_order=False))
   c.supermask = ml_collections.ConfigDict(dict(
       policy="fixed_threshold", sparsity=0.0, include="kernel", exclude="head",
-      rerand_period=1000, rerand_rate=rerand_rate))
+      rerand_period=1000, rerand_rate=rerand_rate, score_init=""))
   c.aux_optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0))
   if method == "meta_ticket":
+    # MT's warm-up: lr (t + 1) / (W + 1) for t < W, then cosine over the remaining steps
     c.optimizer.update(dict(name="sgd", learning_rate=score_lr, momentum=0.9,
-                            schedule="cosine", warmup_steps=warmup))
+                            schedule="cosine", warmup_steps=warmup, warmup_offset=1))
   else:
     c.optimizer.update(dict(name="adamw", learning_rate=maml_lr, weight_decay=0.0))
   return c

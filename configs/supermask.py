@@ -16,7 +16,9 @@ signed_constant).
                      RandomResizedCrop, not reproduced).
   cifar10_resnet18   ResNet-18 (stem fixed at 64 channels), lr 0.1, wd 5e-4, p = 0.6.
 edge_popup ranks |score| (topk_abs); iterand ranks raw scores (topk_raw), as the
-references do.
+references do. `supermask.score_init` "" draws the scores as each reference does (edge_popup:
+kaiming_uniform with a = sqrt(5), i.e. U(+-1/sqrt(fan_in)), the `torch` initialiser; iterand:
+U(+-sqrt(6/fan_in)), `kaiming_uniform`); any initialiser name overrides it.
 """
 
 import ml_collections
@@ -30,7 +32,7 @@ def _common(method, sparsity, rerand_rate, steps, lr, weight_decay, rerand_perio
   c.supermask = ml_collections.ConfigDict(dict(
       policy="topk_raw" if method == "iterand" else "topk_abs", sparsity=sparsity,
       include="kernel", exclude="", rerand_period=rerand_period if method == "iterand" else 0,
-      rerand_rate=rerand_rate if method == "iterand" else 0.0))
+      rerand_rate=rerand_rate if method == "iterand" else 0.0, score_init=""))
   c.optimizer.update(dict(name="sgd", learning_rate=lr, momentum=0.9,
                           weight_decay=weight_decay, schedule="cosine"))
   c.train.update(dict(steps=steps, batch_size=128))

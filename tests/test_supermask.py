@@ -18,7 +18,7 @@ def _mlp():
       name="mlp", hidden=(32, 16), norm="none", weight_init="kaiming_uniform")), num_classes=4)
   params = model.init(jax.random.key(0), jnp.ones((2, 10)))["params"]
   paths = supermask.select(params, "kernel")
-  scores = supermask.init_scores(jax.random.key(1), params, paths)
+  scores = supermask.init_scores(jax.random.key(1), params, paths, "kaiming_uniform")
   x = jax.random.normal(jax.random.key(2), (8, 10))
   y = jnp.arange(8) % 4
   loss = lambda p: -jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, x))[jnp.arange(8), y])
@@ -136,6 +136,56 @@ def test_edge_popup_trains_scores_only_and_iterand_redraws_on_schedule():
       for path, m in hard.items():
         np.testing.assert_array_equal(np.asarray(after[path])[np.asarray(m) == 1],
                                       np.asarray(before[path])[np.asarray(m) == 1])
+
+
+@pytest.mark.parametrize("method,override,bound", [
+    ("edge_popup", "", lambda fan_in: 1 / np.sqrt(fan_in)),  # kaiming_uniform(a=sqrt(5))
+    ("iterand", "", lambda fan_in: np.sqrt(6 / fan_in)),     # kaiming_uniform
+    ("edge_popup", "kaiming_uniform", lambda fan_in: np.sqrt(6 / fan_in))])
+def test_scores_are_drawn_as_each_reference_draws_them(method, override, bound):
+  config = jaxlab.load_config(f"configs/supermask.py:digits_mlp,method={method}",
+                              {"supermask.score_init": override})
+  state = jaxlab.get_method(method).init(config, jax.random.key(0), Spec((8, 8, 1), 10))
+  for path, scores in state.params["scores"].items():
+    limit = bound(scores.shape[0])
+    assert np.abs(scores).max() <= limit and np.abs(scores).max() > 0.97 * limit, path
+    assert abs(float(np.var(scores)) - limit ** 2 / 3) < 0.1 * limit ** 2 / 3, path
+
+
+def test_meta_ticket_warms_up_from_lr_over_w_plus_one():
+  """MT's schedulers.py: lr (t + 1) / (W + 1) for t < W, then cosine from lr."""
+  from jaxlab.train import optim
+  config = jaxlab.load_config("configs/meta_ticket.py:glyphs_5w1s")
+  lr, warmup, total = 10.0, 1000, config.train.steps
+  schedule = optim.make_schedule(config.optimizer, total)
+  for t in (0, 1, 499, warmup - 1):
+    assert float(schedule(t)) == pytest.approx(lr * (t + 1) / (warmup + 1), rel=1e-6), t
+  assert float(schedule(warmup)) == pytest.approx(lr, rel=1e-6)
+  t = (warmup + total) // 2
+  assert float(schedule(t)) == pytest.approx(lr * 0.5 * (1 + np.cos(
+      np.pi * (t - warmup) / (total - warmup))), rel=1e-5)
+
+
+def test_meta_ticket_rerandomises_after_the_update_with_the_updated_mask():
+  """MT's rerandomize runs after the optimizer step (its counter at t + 1) with the mask of
+  the updated scores, so a run's last step can redraw the weights its evaluation uses."""
+  from jaxlab.methods import supermask as family
+  config = jaxlab.load_config("configs/meta_ticket.py:glyphs_5w1s,factor=0.25,rerand_rate=1.0",
+                              {"supermask.sparsity": 0.5, "supermask.rerand_period": 2,
+                               "episodes.meta_batch": 2, "optimizer.warmup_steps": 0})
+  history = _run_steps(config, 2, Spec((28, 28, 1), 5))
+  masks = lambda state: {p: np.asarray(m) for p, m in family._ticket_masks(
+      state.params, state.model_state, config).items()}
+  weights = lambda state: {p: np.asarray(w) for p, w in supermask.flatten(
+      state.model_state["weights"]).items()}
+  for p, w in weights(history[1]).items():  # step 0: (0 + 1) % 2 != 0, no redraw
+    np.testing.assert_array_equal(w, weights(history[0])[p])
+  before, after, new_masks = weights(history[1]), weights(history[2]), masks(history[2])
+  old_masks = masks(history[1])
+  assert any(np.any(new_masks[p] != old_masks[p]) for p in new_masks)  # the step moved masks
+  for p, m in new_masks.items():
+    np.testing.assert_array_equal(after[p][m == 1], before[p][m == 1])
+    assert np.all(after[p][m == 0] != before[p][m == 0]), p
 
 
 def test_iterand_without_rerandomisation_is_refused():

@@ -20,9 +20,10 @@ Spec: shared/methods/meta_learning_and_sparse.md §3 (edge-popup, IteRand) and �
 edge_popup / iterand config (`config.supermask`): policy, sparsity (fraction pruned per
 layer), include / exclude (path keywords of the masked kernels; default every kernel, the head
 included, as IteRand's `linear_sparsity` = conv sparsity), rerand_period (K_per, steps),
-rerand_rate (r). Weights are drawn with `model.weight_init` (kaiming_uniform or
-signed_constant in the references), re-randomised from the same distribution. Biases (zero)
-and BatchNorm are left out of the search.
+rerand_rate (r), score_init ("": edge_popup's U(+-1/sqrt(fan_in)) or iterand's
+U(+-sqrt(6/fan_in)), as each reference draws them). Weights are drawn with `model.weight_init`
+(kaiming_uniform or signed_constant in the references), re-randomised from the same
+distribution. Biases (zero) and BatchNorm are left out of the search.
 
 meta_ticket, following the official code (§2):
   * the random weights W of the masked kernels (all kernels but the head by default) are
@@ -40,7 +41,10 @@ meta_ticket, following the official code (§2):
     unless listed in `meta_ticket.aux` (path keywords of phi leaves that are meta-learned
     with `aux_optimizer`, as in the sinusoid hybrid);
   * optional IteRand-style re-randomisation of pruned weights every
-    `supermask.rerand_period` steps with rate `supermask.rerand_rate` (off at rate 0).
+    `supermask.rerand_period` steps with rate `supermask.rerand_rate` (off at rate 0), done
+    as MT does: after the optimizer step, with the mask of the updated scores;
+  * scores drawn kaiming_uniform U(+-sqrt(6/fan_in)); the score lr warms up as
+    lr (t + 1) / (W + 1) (`optimizer.warmup_offset=1` in configs/meta_ticket.py).
   `meta.inner_frozen` is MT's `no_update_keywords` ("head" gives Meta-ticket+BOIL). The
   threshold policy can be switched to a top-k rule (`supermask.policy`), the alternative
   §2(h)1 mentions.
@@ -62,7 +66,13 @@ from jaxlab.train.state import TrainState
 make_task = tasks.SupervisedTask
 
 
-def init(config, rng: jax.Array, spec: tasks.Spec, *, rerandomize: bool) -> TrainState:
+def score_initialiser(config, reference: str) -> str:
+  """`supermask.score_init`, or the variant's reference initialiser when it is empty."""
+  return config.supermask.get("score_init", "") or reference
+
+
+def init(config, rng: jax.Array, spec: tasks.Spec, *, rerandomize: bool,
+         score_init: str) -> TrainState:
   cfg = config.supermask
   scheduled = cfg.rerand_period > 0 and cfg.rerand_rate > 0
   if rerandomize and not scheduled:
@@ -76,7 +86,8 @@ def init(config, rng: jax.Array, spec: tasks.Spec, *, rerandomize: bool) -> Trai
   variables = dict(model.init(weight_key, jnp.zeros((2,) + tuple(spec.input_shape)), train=False))
   weights = variables.pop("params")
   paths = supermask.select(weights, cfg.include, cfg.exclude)
-  params = {"scores": supermask.init_scores(score_key, weights, paths)}
+  params = {"scores": supermask.init_scores(score_key, weights, paths,
+                                            score_initialiser(config, score_init))}
   tx = optim.make_optimizer(config.optimizer, config.train.steps)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     model_state={"weights": weights, **variables}, opt_state=tx.init(params))
@@ -87,7 +98,8 @@ def _topk_masks(scores, config):
 
 
 def _rerandomized(state: TrainState, rng: jax.Array, config, current_masks):
-  """IteRand's step: before the forward pass of step t with (t + 1) % K_per == 0."""
+  """B5 at step t with (t + 1) % K_per == 0 (IteRand: before the forward pass; Meta-ticket:
+  after the update)."""
   cfg = config.supermask
   return supermask.rerandomize_on_schedule(
       rng, state.step, state.model_state["weights"], current_masks, period=cfg.rerand_period,
@@ -143,7 +155,8 @@ def ticket_init(config, rng: jax.Array, spec: tasks.Spec) -> TrainState:
   variables = model.init(rng, jnp.zeros((2,) + tuple(spec.input_shape)), train=True)
   weights = variables["params"]
   paths = supermask.select(weights, config.supermask.include, config.supermask.exclude)
-  scores = supermask.init_scores(jax.random.fold_in(rng, 1), weights, paths)
+  scores = supermask.init_scores(jax.random.fold_in(rng, 1), weights, paths,
+                                 score_initialiser(config, "kaiming_uniform"))
   aux_words = _keywords(config.meta_ticket.aux)
   flat = supermask.flatten(weights)
   aux = {p: v for p, v in flat.items() if p not in scores and any(k in p for k in aux_words)}
@@ -175,8 +188,7 @@ def _inner_start(params, weights):
 
 
 def ticket_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.Spec):
-  weights = _rerandomized(state, rng, config,
-                          lambda: _ticket_masks(state.params, state.model_state, config))
+  weights = state.model_state["weights"]
 
   def meta_loss(params):
     layer_masks = _ticket_masks(params, state.model_state, config)
@@ -193,8 +205,11 @@ def ticket_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks
   (loss, (aux_metrics, sparsity)), grads = jax.value_and_grad(meta_loss, has_aux=True)(state.params)
   metrics = {"loss": loss, **aux_metrics, "grad_norm": optax.tree.norm(grads),
              **{f"sparsity/{k}": v for k, v in sparsity.items()}}
-  return optim.apply_gradients(state, grads, config, tx=_ticket_optimizer(config),
-                               model_state={**state.model_state, "weights": weights}), metrics
+  new_state = optim.apply_gradients(state, grads, config, tx=_ticket_optimizer(config))
+  # MT re-randomises after the optimizer step, with the mask of the updated scores
+  weights = _rerandomized(state, rng, config,
+                          lambda: _ticket_masks(new_state.params, state.model_state, config))
+  return new_state.replace(model_state={**state.model_state, "weights": weights}), metrics
 
 
 def ticket_eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
@@ -206,8 +221,8 @@ def ticket_eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
 
 
 VARIANTS = {
-    "edge_popup": Variant(rerandomize=False, blocks=("supermask",)),
-    "iterand": Variant(rerandomize=True, blocks=("supermask",)),
+    "edge_popup": Variant(rerandomize=False, score_init="torch", blocks=("supermask",)),
+    "iterand": Variant(rerandomize=True, score_init="kaiming_uniform", blocks=("supermask",)),
     "meta_ticket": Variant(
         blocks=("supermask", "meta", "episodes", "meta_ticket", "aux_optimizer"),
         functions=dict(make_task=episodes.make_task, init=ticket_init, train_step=ticket_step,

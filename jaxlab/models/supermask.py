@@ -81,11 +81,13 @@ def select(params, include: str = "kernel", exclude: str = "") -> list:
                 if any(k in p for k in inc) and not any(k in p for k in exc))
 
 
-def init_scores(rng: jax.Array, params, paths) -> Flat:
-  """Scores for `paths`, kaiming_uniform U(+-sqrt(6/fan_in)) as in the references."""
+def init_scores(rng: jax.Array, params, paths, init_name: str) -> Flat:
+  """Scores for `paths` drawn with the initialiser `init_name` (`models.layers.kernel_init`):
+  hidden-networks' edge-popup uses kaiming_uniform(a=sqrt(5)), U(+-1/sqrt(fan_in)) ("torch");
+  IteRand and Meta-ticket kaiming_uniform, U(+-sqrt(6/fan_in)) ("kaiming_uniform")."""
   flat = flatten(params)
   keys = jax.random.split(rng, max(1, len(paths)))
-  init = kernel_init("kaiming_uniform")
+  init = kernel_init(init_name)
   return {p: init(k, flat[p].shape, flat[p].dtype) for p, k in zip(paths, keys)}
 
 
@@ -191,9 +193,11 @@ def rerandomize(rng: jax.Array, params, hard_masks: Mapping[str, jax.Array], rat
 def rerandomize_on_schedule(rng: jax.Array, step: jax.Array, params,
                             current_masks: Callable[[], Mapping[str, jax.Array]], *,
                             period: int, rate: float, init: str):
-  """B5 on IteRand's schedule: `rerandomize` in the step taken at t with
-  (t + 1) % period == 0, before its forward pass, with the masks `current_masks()`
-  returns; `params` unchanged in other steps, and always when period or rate is 0."""
+  """B5 on a schedule: `rerandomize` in the step taken at t with (t + 1) % period == 0, with
+  the masks `current_masks()` returns; `params` unchanged in other steps, and always when
+  period or rate is 0. IteRand calls it before the step's forward pass (with the step's
+  masks), Meta-ticket after the step's update (with the updated masks: MT's counter reaches
+  a multiple of the period once t + 1 steps are done)."""
   if not period or not rate:
     return params
   hard = current_masks()
