@@ -165,6 +165,31 @@ def test_adversarial_training_reduces_to_erm_at_zero_radius_or_weight():
                                                       jax.tree.leaves(moved.params)))
 
 
+def test_trades_batchnorm_statistics_end_on_the_natural_batch_as_the_reference():
+  """trades.py runs model(x) for the CE, then model(x_adv) and model(x) for the KL, so the
+  running statistics take three updates and the last is the natural batch's."""
+  from jaxlab import models
+  from jaxlab.methods import adversarial
+  new, metrics, config, spec, batch, start = one_train_step(
+      "configs/robust.py:digits,method=trades", {"model.norm": "batch_norm"})
+  attack_key, _ = jax.random.split(jax.random.key(1))
+  x_adv = adversarial.trades_maximisation(start, batch["image"], attack_key, config=config,
+                                          spec=spec)
+  model = models.build(config.model, spec.num_classes)
+  stats = start.model_state
+  for images in (batch["image"], x_adv, batch["image"]):
+    _, stats = model.apply({"params": start.params, **stats}, images, train=True,
+                           mutable=list(stats))
+  for a, b in zip(jax.tree.leaves(new.model_state), jax.tree.leaves(stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # two passes (natural, adversarial) would end elsewhere: the check can tell them apart
+  _, two = model.apply({"params": start.params, **start.model_state}, batch["image"],
+                       train=True, mutable=list(stats))
+  _, two = model.apply({"params": start.params, **two}, x_adv, train=True, mutable=list(stats))
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(two), jax.tree.leaves(stats))) > 1e-4
+
+
 def test_unknown_attack_in_the_config_is_named():
   import jaxlab
   from jaxlab.data.tasks import Spec

@@ -10,7 +10,9 @@ Papers and variants:
             (§3(b)): CE(f(x), y) + beta * sum_i KL(p(x_i) || p(x'_i)) / B, x' maximising the
             KL inside the l-inf ball: start at x + 0.001 N(0, I), `adv.steps` signed steps of
             `adv.step_size`, each clipped to the ball and to [0, 1], with the model in eval
-            mode; the outer loss is in train mode with gradients through both p(x) and p(x');
+            mode; the outer loss is in train mode with gradients through both p(x) and p(x'),
+            from the reference's three forward passes (x, x', x: BatchNorm's running
+            statistics end on the natural batch; a dropout key per pass);
   `sovr`    switching one-vs-the-rest, Kanai et al. (arXiv 2207.10283, §2): PGD-AT's
             adversarial batch, then per example either the one-vs-the-rest loss (K logistic
             losses) or the cross-entropy: the ceil(M B) examples of the batch with the
@@ -111,15 +113,19 @@ def trades_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks
   model = models.build(config.model, spec.num_classes)
 
   def loss_fn(params):
-    # two train-mode passes, natural first, as the reference: separate BN batch statistics
-    natural, model_state = model.apply(
-        {"params": params, **state.model_state}, x, train=True,
-        mutable=list(state.model_state), rngs={"dropout": dropout_rng})
-    adversarial, model_state = model.apply(
-        {"params": params, **model_state}, x_adv, train=True,
-        mutable=list(state.model_state), rngs={"dropout": dropout_rng})
+    # three train-mode passes in the reference's order (trades.py: model(x) for the CE, then
+    # model(x_adv) and model(x) inside the KL), each with its own dropout key: BatchNorm's
+    # running statistics end on the natural batch, and the KL's natural branch is the third
+    # pass (the same logits as the first without dropout)
+    def forward(images, variables_state, index):
+      return model.apply({"params": params, **variables_state}, images, train=True,
+                         mutable=list(state.model_state),
+                         rngs={"dropout": jax.random.fold_in(dropout_rng, index)})
+    natural, model_state = forward(x, state.model_state, 0)
+    adversarial, model_state = forward(x_adv, model_state, 1)
+    natural_for_kl, model_state = forward(x, model_state, 2)
     ce = losses.cross_entropy(natural, y).mean()
-    robust = losses.kl_divergence(natural, adversarial).sum() / x.shape[0]
+    robust = losses.kl_divergence(natural_for_kl, adversarial).sum() / x.shape[0]
     metrics = {"ce": ce, "kl": robust, "accuracy": losses.correct(natural, y).mean()}
     return ce + config.adv.beta * robust, (natural, dict(model_state), metrics)
 
