@@ -241,3 +241,128 @@ def test_sovr_switches_the_smallest_margins_and_is_pgd_at_at_zero_fraction():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   _, metrics, *_ = one_train_step("configs/robust.py:digits,method=sovr", {})
   assert float(metrics["ovr_fraction"]) == pytest.approx(13 / 32)  # ceil(0.4 * 32)
+
+
+# -- APGD against a NumPy port of the published loop ---------------------------------------
+
+def _numpy_mlp(seed=0, inputs=12, hidden=16, classes=10):
+  rng = np.random.default_rng(seed)
+  w1, b1 = rng.normal(size=(inputs, hidden)) * 1.5, rng.normal(size=hidden) * 0.5
+  w2, b2 = rng.normal(size=(hidden, classes)), rng.normal(size=classes) * 0.5
+  return w1, b1, w2, b2
+
+
+def _numpy_loss_and_grad(params, x, y, loss):
+  """Per-example CE or DLR (Croce & Hein's dlr_loss, sorted logits) of the tanh MLP, and
+  its gradient in x, by hand."""
+  w1, b1, w2, b2 = params
+  h = np.tanh(x @ w1 + b1)
+  z = h @ w2 + b2
+  rows = np.arange(len(y))
+  if loss == "ce":
+    shifted = z - z.max(1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    value = -log_p[rows, y]
+    dz = np.exp(log_p)
+    dz[rows, y] -= 1.0
+  else:
+    order = np.argsort(z, axis=1)
+    top, second, third = order[:, -1], order[:, -2], order[:, -3]
+    other = np.where(top == y, second, top)  # the largest logit but y's
+    numerator = z[rows, y] - z[rows, other]
+    denominator = z[rows, top] - z[rows, third] + 1e-12
+    value = -numerator / denominator
+    dz = np.zeros_like(z)
+    np.add.at(dz, (rows, y), -1.0 / denominator)
+    np.add.at(dz, (rows, other), 1.0 / denominator)
+    np.add.at(dz, (rows, top), numerator / denominator ** 2)
+    np.add.at(dz, (rows, third), -numerator / denominator ** 2)
+  dx = ((dz @ w2.T) * (1 - h ** 2)) @ w1.T
+  return value, dx, z.argmax(1) == y
+
+
+def _numpy_apgd(params, x, y, t, eps, n_iter, loss, rho=0.75, quirk=True):
+  """The l-inf APGD loop of auto-attack's autopgd_base.py (attack_single_run), one restart,
+  ported line by line in NumPy from its published description: start x + eps t / max|t|;
+  step 2 eps; momentum 1 then 0.75; best point on strict improvement; windows of
+  max(0.22 N, 1) iterations, each next 0.03 N shorter down to 0.06 N; at a window's end halve
+  the step and restart from the best point where the loss rose in <= rho k of the window's
+  k comparisons, or where the step was not halved last time and f_max did not improve.
+  `quirk`: the first window's oldest comparison reads the zero-initialised slot loss_steps[-1],
+  as the reference's indexing does. Returns (best loss per iteration [N + 1, B], robust,
+  flat): `flat` marks the examples whose gradient vanished at some iterate (DLR is constant,
+  1, while y is the third-largest logit), where sign(gradient) is the sign of rounding noise
+  in any implementation."""
+  clip = lambda v: np.clip(np.minimum(np.maximum(v, x - eps), x + eps), 0.0, 1.0)
+  x_adv = np.clip(x + eps * t / np.abs(t).max(1, keepdims=True), 0.0, 1.0)
+  loss_best, grad, acc = _numpy_loss_and_grad(params, x_adv, y, loss)
+  x_best, grad_best = x_adv.copy(), grad.copy()
+  loss_steps = np.zeros((n_iter, len(y)))
+  best_steps = [loss_best.copy()]
+  step = np.full((len(y), 1), 2.0 * eps)
+  x_old = x_adv.copy()
+  k = max(int(0.22 * n_iter), 1)
+  size_decr, n_iter_min = max(int(0.03 * n_iter), 1), max(int(0.06 * n_iter), 1)
+  counter = 0
+  best_last_check, reduced_last_check = loss_best.copy(), np.ones(len(y), bool)
+  start_loss = loss_best.copy()
+  flat = np.abs(grad).max(1) < 1e-9
+  for i in range(n_iter):
+    momentum_term = x_adv - x_old
+    x_old = x_adv.copy()
+    a = 0.75 if i > 0 else 1.0
+    x_1 = clip(x_adv + step * np.sign(grad))
+    x_adv = clip(x_adv + (x_1 - x_adv) * a + momentum_term * (1 - a))
+    value, grad, correct = _numpy_loss_and_grad(params, x_adv, y, loss)
+    flat |= np.abs(grad).max(1) < 1e-9
+    acc = acc & correct
+    loss_steps[i] = value
+    improved = value > loss_best
+    x_best[improved], grad_best[improved] = x_adv[improved], grad[improved]
+    loss_best = np.where(improved, value, loss_best)
+    best_steps.append(loss_best.copy())
+    counter += 1
+    if counter == k:
+      rises = np.zeros(len(y))
+      for back in range(k):
+        previous = (loss_steps[i - back - 1] if i - back - 1 >= 0 or quirk else start_loss)
+        rises += loss_steps[i - back] > previous
+      oscillation = rises <= k * rho
+      no_improvement = ~reduced_last_check & (best_last_check >= loss_best)
+      reduce = oscillation | no_improvement
+      reduced_last_check, best_last_check = reduce, loss_best.copy()
+      step[reduce] /= 2.0
+      x_adv[reduce], grad[reduce] = x_best[reduce], grad_best[reduce]
+      k = max(k - size_decr, n_iter_min)
+      counter = 0
+  return np.stack(best_steps), acc, flat
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_follows_the_published_loop_step_by_step(loss):
+  """jaxlab's APGD against the NumPy port on a fixed tanh MLP, float64, 100 iterations,
+  several radii: the best-loss trajectory equal to rounding, the same robust flags; with
+  the reference's first-window quirk (`exact_quirk=True`) and without it (the port then
+  compares the first iterate with the starting point, as jaxlab's default). Examples whose
+  DLR gradient vanished at some iterate (y third-largest, where DLR is constant; 2-55% of
+  them, more at larger radii; none for CE) are left out: both codes step there on the sign
+  of rounding noise, which at eps 0.3 sent one trajectory elsewhere."""
+  params = _numpy_mlp()
+  rng = np.random.default_rng(1)
+  x = rng.uniform(0.2, 0.8, size=(64, 12))
+  y = np.argmax(np.tanh(x @ params[0] + params[1]) @ params[2] + params[3], 1)
+  with jax.enable_x64(True):
+    w1, b1, w2, b2 = (jnp.asarray(p) for p in params)
+    logits_fn = lambda images: jnp.tanh(images @ w1 + b1) @ w2 + b2
+    key = jax.random.key(7)
+    t = np.asarray(jax.random.uniform(key, x.shape, jnp.float64, -1.0, 1.0))
+    for eps in (0.02, 0.05, 0.1):
+      for quirk in (True, False):
+        result = attacks.apgd(logits_fn, jnp.asarray(x), jnp.asarray(y), key, eps=eps,
+                              n_iter=100, loss=loss, exact_quirk=quirk)
+        best, robust, flat = _numpy_apgd(params, x, y, t, eps, 100, loss, quirk=quirk)
+        assert (~flat).sum() >= 25 and (loss == "dlr" or not flat.any()), flat.mean()
+        np.testing.assert_allclose(np.asarray(result.best_loss)[:, ~flat], best[:, ~flat],
+                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(np.asarray(result.robust)[~flat], robust[~flat])
+        assert 0 < robust.mean() < 1, (eps, loss, robust.mean())  # some break, some hold
