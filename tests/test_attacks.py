@@ -199,7 +199,8 @@ def test_unknown_attack_in_the_config_is_named():
   state = jaxlab.get_method("erm").init(config, jax.random.key(0), spec)
   batch = {"image": jnp.zeros((4, 8, 8, 1)), "label": jnp.zeros(4, jnp.int32)}
   with pytest.raises(jaxlab.UserError, match="unknown attack 'cw'.*valid choices: pgd<steps>"):
-    jaxlab.get_method("erm").eval_step(state, batch, config=config, spec=spec)
+    jaxlab.get_method("erm").eval_step(state, batch, jax.random.key(0), config=config,
+                                        spec=spec)
 
 
 def test_ovr_grows_the_logit_margin_twice_as_fast_as_weighted_cross_entropy():

@@ -259,3 +259,37 @@ def test_cgan_then_mgr_end_to_end(tmp_path):
                    f"--workdir={tmp_path / 'mgr_wide'}", "--config.generator.width=16")
   assert wrong.returncode == 2 and "inputs.generator=" in wrong.stderr
   assert "shape" in wrong.stderr
+
+
+def test_the_discriminator_schedule_runs_on_generator_steps():
+  """With gan.disc_steps = 2 both discriminator updates of generator step 0 take step 0's
+  rate; counting discriminator updates (the old schedule) gave the second one step 1's.
+  Here the rate drops to 0 at generator step 1, so the second update of step 0 must move
+  the discriminator and no update of step 1 may."""
+  from jaxlab.data.tasks import Spec
+  spec = Spec(input_shape=(8, 8, 1), num_classes=10)
+  overrides = {"train.steps": 4, "generator.width": 8, "generator.discriminator_width": 8,
+               "gan.disc_optimizer.name": "sgd", "gan.disc_optimizer.learning_rate": 0.1,
+               "gan.disc_optimizer.schedule": "step"}
+  method = jaxlab.get_method("cgan")
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.uniform(size=(16, 8, 8, 1)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 10, 16))}
+
+  def disc_after(disc_steps, steps):
+    config = jaxlab.load_config("configs/cgan.py:digits", {**overrides,
+                                                            "gan.disc_steps": disc_steps})
+    with config.unlocked():
+      config.gan.disc_optimizer.update(dict(step_boundaries=(1,), step_factor=0.0))
+    state = method.init(config, jax.random.key(0), spec)
+    step = jax.jit(lambda s: method.train_step(s, batch, jax.random.key(1), config=config,
+                                               spec=spec)[0])
+    for _ in range(steps):
+      state = step(state)
+    return jax.tree.leaves(state.disc_params)
+
+  one, two = disc_after(1, 1), disc_after(2, 1)
+  # the 2nd update moved it by a step, not by the rounding of another compiled program
+  assert max(float(np.abs(a - b).max()) for a, b in zip(one, two)) > 1e-4
+  for a, b in zip(two, disc_after(2, 2)):  # generator step 1: rate 0 for both updates
+    np.testing.assert_array_equal(a, b)

@@ -160,3 +160,4 @@ def test_the_readme_programmatic_example_runs(tmp_path):
   exec(compile(block, "README.md", "exec"), namespace)  # pylint: disable=exec-used
   assert int(namespace["state"].step) == 100 and np.isfinite(float(namespace["metrics"]["loss"]))
   assert (tmp_path / "run" / "results.json").exists()
+  assert namespace["per_example"]["accuracy"].shape == (namespace["config"].train.eval_batch_size,)

@@ -211,7 +211,7 @@ def test_kd_distils_the_source_posterior_through_its_own_head(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, state.frozen, start.frozen)
   # the evaluated logits are the target head's: 5 target classes, kd_head ignored
   logits = kd.eval_step(state, {"image": _target_images(4), "label": jnp.zeros(4, jnp.int32)},
-                        config=config, spec=spec)
+                        jax.random.key(0), config=config, spec=spec)
   assert logits["loss"].shape == (4,)
 
 

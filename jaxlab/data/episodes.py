@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlab import streams
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError
 
@@ -81,7 +82,7 @@ class _Episodes:
     self.eval_episodes = e.eval_episodes
     self.eval_meta_batch = num_devices * math.ceil(min(e.eval_meta_batch, e.eval_episodes)
                                                    / num_devices)
-    self.eval_key = jax.random.key(e.eval_seed)
+    self.eval_key = streams.eval_episodes_root(e.eval_seed)
 
   def num_eval_batches(self, data) -> int:
     del data

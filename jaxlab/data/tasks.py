@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlab import streams
 from jaxlab.data import augment, loading
 from jaxlab.errors import UserError
 
@@ -202,7 +203,8 @@ class SupervisedTask:
     return self._carved().get("train") or self.split_arrays(self._data.train_split)
 
   def train_batch(self, data: Arrays, key: jax.Array, step: jax.Array):
-    index_key, augment_key = jax.random.split(key)
+    index_key = streams.fold(key, "data", "indices")
+    augment_key = streams.fold(key, "data", "augment")
     n = data["label"].shape[0]
     indices = epoch_indices(index_key, step, self.batch_size, n)
     images = augment.to_float(data["image"][indices])
@@ -213,9 +215,10 @@ class SupervisedTask:
   def extra_batch(self, data: Arrays, key: jax.Array, step: jax.Array, size: int,
                   image_key: str, label_key: str = ""):
     """(float images, labels or None): `size` rows of data[image_key] (and data[label_key]),
-    unaugmented, epoch by epoch from their own index stream (`fold_in(key, 1)`): the second
-    batch of methods that read two sets per step (a validation or unlabeled batch)."""
-    indices = epoch_indices(jax.random.fold_in(key, 1), step, size, data[image_key].shape[0])
+    unaugmented, epoch by epoch from their own index stream (the data key's `extra`): the
+    second batch of methods that read two sets per step (a validation or unlabeled batch)."""
+    indices = epoch_indices(streams.fold(key, "data", "extra"), step, size,
+                            data[image_key].shape[0])
     return (augment.to_float(data[image_key][indices]),
             data[label_key][indices] if label_key else None)
 

@@ -7,13 +7,13 @@ with it, so their numbers are comparable.
 
 import jax
 
-from jaxlab import models
+from jaxlab import models, streams
 from jaxlab.data import tasks
 from jaxlab.eval import robust
 from jaxlab.train import losses
 
 
-def eval_step(state, batch, *, config, spec: tasks.Spec):
+def eval_step(state, batch, key: jax.Array, *, config, spec: tasks.Spec):
   model = models.build(config.model, spec.num_classes)
   logits_fn = models.logits_fn(model, {"params": state.params, **state.model_state})
   x, y = batch["image"], batch["label"]
@@ -24,8 +24,8 @@ def eval_step(state, batch, *, config, spec: tasks.Spec):
     # gradient-masking check of §3(g)
     scale = config.adv.get("logit_scale", 1.0)
     metrics.update(robust.robust_accuracy(lambda z: scale * logits_fn(z), x, y, config.adv,
-                                          jax.random.key(config.seed + 1)))
+                                          streams.fold(key, "eval_batch", "attacks")))
   if "adv" in config and config.adv.get("margin_bins"):
-    metrics.update(robust.adversarial_margin_histogram(logits_fn, x, y, config.adv,
-                                                       jax.random.key(config.seed + 2)))
+    metrics.update(robust.adversarial_margin_histogram(
+        logits_fn, x, y, config.adv, streams.fold(key, "eval_batch", "margins")))
   return metrics

@@ -10,7 +10,8 @@ from the config; a variant may replace some with its own, `Variant(functions={..
   make_task(config, num_devices) -> task      data + samplers (jaxlab.data.tasks)
   init(config, rng, spec) -> state            a TrainState pytree
   train_step(state, batch, rng, *, config, spec) -> (state, metrics)
-  eval_step(state, batch, *, config, spec) -> per-example (or per-episode) metrics
+  eval_step(state, batch, key, *, config, spec) -> per-example (or per-episode) metrics
+                                              (`key`: the evaluation batch's, jaxlab.streams)
 and optionally start_from(state, train_data, *, config, spec) (state derived from the
 pretrained weights and frozen inputs, once, before the first step) and report(state, task,
 workdir, *, config, spec, write_files) (whole-run outputs).

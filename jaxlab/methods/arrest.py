@@ -139,8 +139,8 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.
   return optim.apply_gradients(state, grads, config, model_state=model_state), metrics
 
 
-def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
-  metrics = classification.eval_step(state, batch, config=config, spec=spec)
+def eval_step(state: TrainState, batch, key: jax.Array, *, config, spec: tasks.Spec):
+  metrics = classification.eval_step(state, batch, key, config=config, spec=spec)
   model = models.build(config.model, spec.num_classes)
   x = batch["image"]
   metrics["feature_cosine"] = losses.cosine_similarity(

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxlab import streams
 from jaxlab.data import augment, tasks
 from jaxlab.eval import generative
 from jaxlab.models import gan
@@ -59,6 +60,12 @@ def _networks(config, spec: tasks.Spec):
           gan.build_discriminator(config.generator, spec.num_classes))
 
 
+def _disc_optimizer(config) -> optax.GradientTransformation:
+  """`gan.disc_optimizer`, its schedule on generator steps (`gan.disc_steps` updates each)."""
+  return optim.make_optimizer(config.gan.disc_optimizer, config.train.steps,
+                              updates_per_step=config.gan.disc_steps)
+
+
 def init(config, rng: jax.Array, spec: tasks.Spec) -> GANState:
   generator, discriminator = _networks(config, spec)
   g_key, d_key = jax.random.split(rng)
@@ -72,7 +79,7 @@ def init(config, rng: jax.Array, spec: tasks.Spec) -> GANState:
       step=jnp.zeros((), jnp.int32), params=g_params, model_state=g_vars,
       opt_state=optim.make_optimizer(config.optimizer, total).init(g_params),
       disc_params=d_params, disc_state=d_vars,
-      disc_opt_state=optim.make_optimizer(config.gan.disc_optimizer, total).init(d_params))
+      disc_opt_state=_disc_optimizer(config).init(d_params))
 
 
 def train_step(state: GANState, batch, rng: jax.Array, *, config, spec: tasks.Spec):
@@ -82,7 +89,7 @@ def train_step(state: GANState, batch, rng: jax.Array, *, config, spec: tasks.Sp
   n = real.shape[0]
   g_vars = {"params": state.params, **state.model_state}
   d_params, d_state, d_opt_state = state.disc_params, state.disc_state, state.disc_opt_state
-  d_tx = optim.make_optimizer(config.gan.disc_optimizer, total)
+  d_tx = _disc_optimizer(config)
 
   for i in range(config.gan.disc_steps):
     z, _, c = gan.sample_conditions(jax.random.fold_in(rng, i), n, spec.num_classes,
@@ -128,10 +135,11 @@ def generate(config, state: TrainState, spec: tasks.Spec, z: jax.Array,
   return generator.apply({"params": state.params, **state.model_state}, z, c, train=False)
 
 
-def eval_step(state: GANState, batch, *, config, spec: tasks.Spec):
+def eval_step(state: GANState, batch, key: jax.Array, *, config, spec: tasks.Spec):
   _, discriminator = _networks(config, spec)
   c = jax.nn.one_hot(batch["label"], spec.num_classes)
-  z = jax.random.normal(jax.random.key(config.seed + 3), (c.shape[0], config.generator.latent_dim))
+  z = jax.random.normal(streams.fold(key, "eval_batch", "latents"),
+                        (c.shape[0], config.generator.latent_dim))
   d_vars = {"params": state.disc_params, **state.disc_state}
   fake = generate(config, state, spec, z, c)
   return {"disc_real": discriminator.apply(d_vars, batch["image"], c),
@@ -143,7 +151,7 @@ def report(state: GANState, task, workdir: str, *, config, spec: tasks.Spec,
   """The sample grid (`samples.png`) and, with `inputs.score_classifier`, the quality score."""
   latent_dim, k = config.generator.latent_dim, spec.num_classes
   sample = jax.jit(lambda z, c: generate(config, state, spec, z, c))
-  key = jax.random.key(config.seed + 4)
+  key = streams.run_stream(config.seed, "report")
   if write_files:
     shown = min(k, 10)
     labels = np.repeat(np.arange(shown), 10)

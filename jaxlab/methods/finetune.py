@@ -250,7 +250,7 @@ def train_step(state: FinetuneState, batch, rng: jax.Array, *, config, spec: tas
   return state, metrics
 
 
-def eval_step(state: FinetuneState, batch, *, config, spec: tasks.Spec):
+def eval_step(state: FinetuneState, batch, key: jax.Array, *, config, spec: tasks.Spec):
   model = models.build(config.model, spec.num_classes)
   logits, features, _ = models.logits_and_features(
       model, {"params": state.params, **state.model_state}, batch["image"], train=False)

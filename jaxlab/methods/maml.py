@@ -90,6 +90,7 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.
   return optim.apply_gradients(state, grads, config), metrics
 
 
-def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec, adapt: str) -> Dict:
+def eval_step(state: TrainState, batch, key: jax.Array, *, config, spec: tasks.Spec,
+              adapt: str) -> Dict:
   return episodic.evaluate_episodes(state.params["model"], batch, config=config, spec=spec,
                                     adapt=adapt, inner_lr=_inner_lr(state.params, config))

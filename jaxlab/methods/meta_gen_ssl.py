@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab import meta, models
+from jaxlab import meta, models, streams
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError, unknown
 from jaxlab.eval import classification
@@ -102,7 +102,8 @@ class MetaGenSslTask(tasks.SupervisedTask):
   def train_batch(self, data, key: jax.Array, step: jax.Array):
     m = self._config.meta_gen_ssl
     batch = super().train_batch(data, key, step)
-    rows = tasks.epoch_indices(jax.random.fold_in(key, 2), step, m.synthetic_batch, m.pool_size)
+    rows = tasks.epoch_indices(streams.fold(key, "data", "latent_rows"), step, m.synthetic_batch,
+                               m.pool_size)
     anchors = rows % data["image"].shape[0]
     batch.update(latent_index=rows, anchor_label=data["label"][anchors])
     if m.meta:  # the resemblance term's anchors and L_val's batch
@@ -173,7 +174,7 @@ def start_from(state: MetaGenSslState, train_data, *, config, spec: tasks.Spec):
   """The pool's initial latents, once the frozen C_s is in place (keyed by config.seed)."""
   return state.replace(latents=initial_latents(
       config, state, augment.to_float(train_data["image"]),
-      jax.random.fold_in(jax.random.key(config.seed), 3)))
+      streams.run_stream(config.seed, "start")))
 
 
 def synthesize(config, spec: tasks.Spec, generator_variables, latents) -> jax.Array:

@@ -133,7 +133,7 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.
                                model_state={"weights": weights, **new_state}), metrics
 
 
-def eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
+def eval_step(state: TrainState, batch, key: jax.Array, *, config, spec: tasks.Spec):
   model = models.build(config.model, spec.num_classes)
   others = {k: v for k, v in state.model_state.items() if k != "weights"}
   effective = supermask.apply(state.model_state["weights"],
@@ -212,7 +212,7 @@ def ticket_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks
   return new_state.replace(model_state={**state.model_state, "weights": weights}), metrics
 
 
-def ticket_eval_step(state: TrainState, batch, *, config, spec: tasks.Spec):
+def ticket_eval_step(state: TrainState, batch, key: jax.Array, *, config, spec: tasks.Spec):
   layer_masks = _ticket_masks(state.params, state.model_state, config)
   return episodic.evaluate_episodes(
       _inner_start(state.params, state.model_state["weights"]), batch, config=config,

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxlab import methods, validation
+from jaxlab import methods, streams, validation
 from jaxlab.errors import Interrupted, TrainingDiverged, UserError
 from jaxlab.train import inputs, sharding
 from jaxlab.train import workdir as workdir_lib
@@ -158,7 +158,8 @@ class _StopSignals:
 
 def _eval_metric_names(eval_fn, abstract, eval_data) -> Dict[str, tuple]:
   """{split: names of the per-example metrics the jitted evaluation returns}, traced, not run."""
-  return {split: tuple(eval_fn.eval_shape(abstract, data, jnp.int32(0))[0])
+  return {split: tuple(eval_fn.eval_shape(abstract, data, jnp.int32(0),
+                                          jax.random.key(0))[0])
           for split, data in eval_data.items()}
 
 
@@ -192,7 +193,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   eval_splits = tuple(s.strip() for s in config.data.eval_splits.split(",") if s.strip())
   eval_host = {split: task.eval_arrays(split) for split in eval_splits}
 
-  init_key, data_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
+  init_key, data_key, step_key = (streams.run_stream(config.seed, name)
+                                  for name in ("init", "data", "step"))
   init = lambda rng: method.init(config, rng, spec)
   repl = sharding.replicated(mesh)
   abstract = jax.eval_shape(init, init_key)
@@ -205,9 +207,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     rng = jax.random.fold_in(step_key, state.step)
     return method.train_step(state, batch, rng, config=config, spec=spec)
 
-  def eval_fn(state, data, index):
+  def eval_fn(state, data, index, key):
     batch = sharding.shard_batch(task.eval_batch(data, index), mesh)
-    return method.eval_step(state, batch, config=config, spec=spec), batch["mask"]
+    return method.eval_step(state, batch, key, config=config, spec=spec), batch["mask"]
 
   donate = (0,) if jax.default_backend() != "cpu" else ()  # XLA:CPU cannot donate
   train_fn = jax.jit(train_fn, donate_argnums=donate, out_shardings=(state_sharding, repl))
@@ -253,7 +255,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
       outputs, masks = [], []
       batches, started_eval, shown = task.num_eval_batches(data), time.time(), time.time()
       for index in range(batches):
-        out, mask = jax.device_get(eval_fn(state, data, jnp.int32(index)))
+        key = streams.eval_batch_key(config.seed, split, index)
+        out, mask = jax.device_get(eval_fn(state, data, jnp.int32(index), key))
         outputs.append(out)
         masks.append(mask)
         now = time.time()

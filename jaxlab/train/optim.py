@@ -23,7 +23,13 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 
 
-def make_schedule(cfg, total_steps: int) -> optax.Schedule:
+def make_schedule(cfg, total_steps: int, updates_per_step: int = 1) -> optax.Schedule:
+  """The learning rate as a function of the optimizer's update count. With
+  `updates_per_step` k > 1 (k updates per training step, e.g. a GAN's discriminator steps)
+  the schedule runs on training steps: update n takes the rate of step n // k."""
+  if updates_per_step > 1:
+    per_step = make_schedule(cfg, total_steps)
+    return lambda count: per_step(count // updates_per_step)
   decay_steps = (cfg.get("decay_steps", 0) or total_steps) - cfg.warmup_steps
   if cfg.schedule == "constant":
     main = optax.constant_schedule(cfg.learning_rate)
@@ -44,8 +50,9 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   return main
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
-  schedule = make_schedule(cfg, total_steps)
+def make_optimizer(cfg, total_steps: int,
+                   updates_per_step: int = 1) -> optax.GradientTransformation:
+  schedule = make_schedule(cfg, total_steps, updates_per_step)
   parts = []
   if cfg.get("grad_clip_value", 0.0):
     parts.append(optax.clip(cfg.grad_clip_value))
