@@ -198,3 +198,17 @@ def test_selection_reports_test_at_the_lowest_validation_loss_and_survives_resum
   best = min(val, key=lambda s: (val[s], s))
   assert runs["once"]["selected/step"] == best
   assert runs["once"]["selected/test/accuracy"] == pytest.approx(test[best])
+  # the batch-level feature diagnostics are reported once, without a per-example CI
+  assert "test/feature_entropy" in runs["once"] and "test/accuracy_ci95" in runs["once"]
+  assert not any(k.endswith(("feature_norm_ci95", "feature_entropy_ci95")) for k in runs["once"])
+
+
+def test_batch_level_metrics_are_averaged_over_batches_by_their_valid_items():
+  from jaxlab.train.loop import summarize
+  outputs = [{"a": np.array([1.0, 2.0]), "b": np.float32(3.0)},
+             {"a": np.array([3.0, 9.0]), "b": np.float32(5.0)}]
+  masks = [np.array([1.0, 1.0]), np.array([1.0, 0.0])]  # the second batch is padded
+  summary = summarize(outputs, masks)
+  assert summary["a"] == pytest.approx(2.0) and summary["a_ci95"] == pytest.approx(
+      1.96 * np.std([1.0, 2.0, 3.0]) / np.sqrt(3))
+  assert summary["b"] == pytest.approx((3.0 * 2 + 5.0 * 1) / 3) and "b_ci95" not in summary

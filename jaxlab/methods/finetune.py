@@ -255,7 +255,8 @@ def eval_step(state: FinetuneState, batch, key: jax.Array, *, config, spec: task
   logits, features, _ = models.logits_and_features(
       model, {"params": state.params, **state.model_state}, batch["image"], train=False)
   y, mask = batch["label"], batch["mask"]
-  per_batch = lambda v: jnp.full(y.shape, v)  # batch-level diagnostics, one value per example
+  # the feature diagnostics are batch-level (a norm of the batch mean, a pairwise entropy):
+  # one scalar per batch, which the loop averages over batches without a per-example CI
   return {"accuracy": losses.correct(logits, y), "loss": losses.cross_entropy(logits, y),
-          "feature_norm": per_batch(feature_norm(features, mask)),
-          "feature_entropy": per_batch(feature_entropy(features, mask))}
+          "feature_norm": feature_norm(features, mask),
+          "feature_entropy": feature_entropy(features, mask)}

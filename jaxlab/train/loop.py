@@ -61,10 +61,17 @@ def _write_json(path: str, payload) -> None:
 
 
 def summarize(outputs, masks) -> Dict[str, float]:
-  """Mean and 95% CI half-width (1.96 std / sqrt(n)) of every per-item metric."""
+  """Mean and 95% CI half-width (1.96 std / sqrt(n)) of every per-item metric; a metric an
+  evaluation batch returns as one scalar (a batch-level diagnostic, e.g. fine-tuning's
+  feature entropy) is the mean over batches weighted by their valid items, without a CI."""
   mask = np.concatenate(masks) > 0
   summary = {}
   for key in outputs[0]:
+    if np.ndim(outputs[0][key]) == 0:
+      weights = np.asarray([np.sum(np.asarray(m) > 0) for m in masks], np.float64)
+      values = np.asarray([float(o[key]) for o in outputs])
+      summary[key] = float(np.sum(values * weights) / max(weights.sum(), 1.0))
+      continue
     values = np.concatenate([np.asarray(o[key]).reshape(len(m), -1).mean(-1)
                              for o, m in zip(outputs, masks)])[mask]
     summary[key] = float(values.mean())
