@@ -15,11 +15,27 @@ Presets (`:name`):
   mini_imagenet_5w5s  jaxlab/data/mini_imagenet.py), alpha 0.01, 5 train / 10 test steps,
                     15 queries, 4 / 2 tasks per batch, meta-gradients clipped to [-10, 10].
   tiny              a few steps on glyphs; for tests.
+The omniglot and mini_imagenet presets take `bn`: "torchmeta" (default; the torchmeta/BOIL
+Conv-4's BatchNorm: batch statistics, scale and offset, eps 1e-5, adapted in the inner loop)
+or "maml_tf" (MAML's TF code: tf.contrib batch_norm with an offset and no scale, eps 1e-3,
+batch statistics, the offsets learned by the outer loop only; spec §1, Conv-4 variants 1-2).
 All run 60,000 outer steps as in the paper (70,000 for sinusoid); on a 2-core CPU use
 fewer (`--config.train.steps=...`), see docs/maml.md for the commands we ran.
 """
 
 from jaxlab.config import ConfigDict, meta_learning_config, presets
+from jaxlab.errors import unknown
+
+BATCH_NORMS = ("torchmeta", "maml_tf")
+
+
+def _batch_norm(c, bn):
+  if bn not in BATCH_NORMS:
+    raise unknown("bn (preset argument)", bn, BATCH_NORMS, "configs/maml.py")
+  if bn == "maml_tf":
+    c.model.update(dict(norm="batch_stats_offset", norm_epsilon=1e-3))
+    c.meta.inner_frozen = "BatchStatNorm"  # the offsets are outer-loop variables only
+  return c
 
 
 def sinusoid():
@@ -51,13 +67,13 @@ def _omniglot_like(name, ways, shots):
   return c
 
 
-def _omniglot(ways, shots):
+def _omniglot(ways, shots, bn="torchmeta"):
   c = _omniglot_like("omniglot", ways, shots)
   c.data.update(dict(image_size=28, grayscale=True, eval_splits="test"))
-  return c
+  return _batch_norm(c, bn)
 
 
-def _mini_imagenet(shots):
+def _mini_imagenet(shots, bn="torchmeta"):
   c = meta_learning_config()
   c.data.name = "mini_imagenet"
   c.episodes.update(dict(ways=5, shots=shots, queries=15, meta_batch=4 if shots == 1 else 2,
@@ -67,7 +83,7 @@ def _mini_imagenet(shots):
   c.meta.update(dict(inner_lr=0.01, train_steps=5, test_steps=10))
   c.optimizer.grad_clip_value = 10.0
   c.train.steps = 60000
-  return c
+  return _batch_norm(c, bn)
 
 
 def tiny():
@@ -84,10 +100,10 @@ PRESETS = {
     "glyphs_5w1s": lambda: _omniglot_like("glyphs", 5, 1),
     "glyphs_5w5s": lambda: _omniglot_like("glyphs", 5, 5),
     "glyphs_20w1s": lambda: _omniglot_like("glyphs", 20, 1),
-    "omniglot_5w1s": lambda: _omniglot(5, 1),
-    "omniglot_20w1s": lambda: _omniglot(20, 1),
-    "mini_imagenet_5w1s": lambda: _mini_imagenet(1),
-    "mini_imagenet_5w5s": lambda: _mini_imagenet(5),
+    "omniglot_5w1s": lambda bn="torchmeta": _omniglot(5, 1, bn),
+    "omniglot_20w1s": lambda bn="torchmeta": _omniglot(20, 1, bn),
+    "mini_imagenet_5w1s": lambda bn="torchmeta": _mini_imagenet(1, bn),
+    "mini_imagenet_5w5s": lambda bn="torchmeta": _mini_imagenet(5, bn),
     "tiny": tiny,
 }
 

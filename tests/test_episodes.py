@@ -140,3 +140,28 @@ def test_sinusoid_run_reports_mse_after_0_1_and_10_steps(tmp_path):
   assert "train/loss" in results  # the final step's own training metrics
   # adaptation helps even this early: MSE falls with inner steps
   assert results["test/mse_step10"] < results["test/mse_step1"] < results["test/mse_step0"]
+
+
+def test_maml_tf_batch_norm_option_has_an_offset_no_scale_eps_1e3_and_no_inner_update():
+  """configs/maml.py omniglot/mini_imagenet `bn=maml_tf`: tf.contrib batch_norm (centre only,
+  eps 1e-3, batch statistics) whose offsets the inner loop leaves alone."""
+  from jaxlab import models
+  from jaxlab.meta import episodic
+  from jaxlab.models import supermask
+  config = jaxlab.load_config("configs/maml.py:mini_imagenet_5w1s,bn=maml_tf")
+  assert jaxlab.load_config("configs/maml.py:mini_imagenet_5w1s").model.norm == "batch_stats"
+  model = models.build(config.model, 5)
+  x = jax.random.uniform(jax.random.key(0), (6, 84, 84, 3))
+  params = model.init(jax.random.key(1), x, train=True)["params"]
+  norms = {p: v for p, v in supermask.flatten(params).items() if "BatchStatNorm" in p}
+  assert len(norms) == 4 and all(p.endswith("/bias") for p in norms)  # no scale
+  mask = supermask.flatten(episodic.trainable_mask(params, "all", config.meta.inner_frozen))
+  assert not any(mask[p] for p in norms) and all(v for p, v in mask.items() if p not in norms)
+  layer = models.BatchStatNorm(epsilon=1e-3, use_scale=False)
+  h = np.asarray(jax.random.normal(jax.random.key(2), (6, 5, 5, 4))) * 0.05
+  out = layer.apply({"params": {"bias": jnp.full((4,), 0.5)}}, jnp.asarray(h))
+  mean, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+  np.testing.assert_allclose(out, (h - mean) / np.sqrt(var + 1e-3) + 0.5, rtol=1e-4, atol=1e-5)
+  with pytest.raises(jaxlab.UserError, match="unknown bn .* 'tf'; valid choices: maml_tf, "
+                                             "torchmeta"):
+    jaxlab.load_config("configs/maml.py:omniglot_5w1s,bn=tf")

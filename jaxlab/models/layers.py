@@ -158,17 +158,18 @@ class BatchStatNorm(nn.Module):
     return y
 
 
-NORMS = ("none", "batch_stats", "batch_norm", "batch_norm_nonaffine")
+NORMS = ("none", "batch_stats", "batch_stats_offset", "batch_norm", "batch_norm_nonaffine")
 
 
 def make_norm(kind: str, train: bool, epsilon: float = 1e-5, momentum: float = 0.9) -> Callable:
   """`none`; `batch_stats` (B1: batch statistics always, affine, no running averages);
-  `batch_norm` (running averages, affine); `batch_norm_nonaffine` (running averages, no
+  `batch_stats_offset` (batch statistics always, an offset but no scale: MAML-TF's
+  tf.contrib batch_norm); `batch_norm` (running averages, affine); `batch_norm_nonaffine` (running averages, no
   scale or offset: edge-popup / IteRand)."""
   if kind == "none":
     return lambda x: x
-  if kind == "batch_stats":
-    return BatchStatNorm(epsilon=epsilon)
+  if kind in ("batch_stats", "batch_stats_offset"):
+    return BatchStatNorm(epsilon=epsilon, use_scale=kind == "batch_stats")
   if kind in ("batch_norm", "batch_norm_nonaffine"):
     affine = kind == "batch_norm"
     return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,

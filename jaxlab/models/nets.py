@@ -64,6 +64,7 @@ class Conv4(nn.Module):
   filters: int = 64
   variant: str = "pool"
   norm: str = "batch_stats"
+  norm_epsilon: float = 1e-5
   weight_init: str = "flax"
   mean: Tuple[float, ...] = ()
   std: Tuple[float, ...] = ()
@@ -76,7 +77,7 @@ class Conv4(nn.Module):
         x = Conv(self.filters, 3, strides=2, padding="SAME", weight_init=self.weight_init)(x)
       else:
         x = Conv(self.filters, 3, padding=1, weight_init=self.weight_init)(x)
-      x = nn.relu(make_norm(self.norm, train)(x))
+      x = nn.relu(make_norm(self.norm, train, self.norm_epsilon)(x))
       if self.variant != "strided":
         x = max_pool_2x2(x)
     x = x.mean((1, 2)) if self.variant == "strided" else x.reshape(x.shape[0], -1)
