@@ -27,6 +27,10 @@ training set).
                     CIFAR-style ResNet-18 (d = 512) on glyphs/color32: source = the 1,440
                     characters of the 7 training scripts, target = the 340 of Greek,
                     Georgian and Coptic, n images per class (of 16).
+`finetune.randreg_unweighted_last_steps` k (default 0): RandReg trains its last k steps with
+lambda = 0. AdaRand's rand_reg.py applies lambda only while epoch < stop_epoch = 200, so its
+last epoch is unregularised (spec §1(h)4); set k to one epoch of steps, ceil(N / batch), to
+replicate it.
   <tfds>_pretrain is not offered: the real-data presets start from ImageNet weights the user
   converts to an .npz (`init_from=weights.npz`, arrays named like "params/Conv_0/kernel").
   caltech_birds2011, cars196, oxford_iiit_pet, oxford_flowers102
@@ -53,7 +57,7 @@ def _finetune(c, method, prior, steps, batch_size, eval_every):
   c.method = method
   c.finetune = ml_collections.ConfigDict(dict(
       prior=prior, weight=1.0, running_momentum=0.5, prior_lr=1e-2, l2sp_alpha=0.1,
-      l2sp_beta=0.01))
+      l2sp_beta=0.01, randreg_unweighted_last_steps=0))
   c.init_skip = "params/head"
   c.data.val_fraction = 0.1
   c.data.split_seed = 42

@@ -41,6 +41,7 @@ RANGES = {
     "optimizer.learning_rate": at_least(0),
     "optimizer.warmup_steps": at_least(0),
     "optimizer.warmup_offset": at_least(0),
+    "finetune.randreg_unweighted_last_steps": at_least(0),
     "optimizer.decay_steps": (lambda v: v >= 0, ">= 0 (0: train.steps)"),
     "optimizer.weight_decay": at_least(0),
     "optimizer.momentum": fraction_closed_open,

@@ -93,6 +93,35 @@ def test_adarand_at_weight_zero_is_plain_fine_tuning_bit_for_bit():
     np.testing.assert_array_equal(a, b)
 
 
+def test_randreg_stop_epoch_quirk_drops_the_penalty_in_the_last_steps_only():
+  """spec §1(h)4: with randreg_unweighted_last_steps = k, steps T - k .. T - 1 take plain
+  fine-tuning's update; the steps before keep the penalty."""
+  common = {"train.steps": 4, "finetune.prior": "uniform"}
+  runs = {}
+  for name, method, overrides in (
+      ("quirk", "randreg", {"finetune.randreg_unweighted_last_steps": 2}),
+      ("randreg", "randreg", {}), ("finetune", "finetune", {})):
+    config, spec, state = _state(method, {**common, **overrides})
+    step = jax.jit(lambda s, b, r, c=config, m=method: jaxlab.get_method(m).train_step(
+        s, b, r, config=c, spec=spec)[0])
+    runs[name] = [state]
+    for i in range(4):
+      runs[name].append(step(runs[name][-1], _batch(i), jax.random.key(i)))
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
+      jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
+  assert same(runs["quirk"][2], runs["randreg"][2])  # steps 0, 1: regularised
+  assert not same(runs["quirk"][3], runs["randreg"][3])
+  # steps 2, 3 from the same state as plain fine-tuning's step would take
+  config, spec, _ = _state("finetune", common)
+  plain = jax.jit(lambda s, b, r: jaxlab.get_method("finetune").train_step(
+      s, b, r, config=config, spec=spec)[0])
+  for t in (2, 3):
+    expected = plain(runs["quirk"][t], _batch(t), jax.random.key(t))
+    for x, y in zip(jax.tree.leaves(runs["quirk"][t + 1].params),
+                    jax.tree.leaves(expected.params)):
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
 def test_new_head_is_small_gaussian_and_only_adarand_moves_its_prior():
   _, _, state = _state("finetune")
   kernel = np.asarray(state.params["head"]["kernel"])

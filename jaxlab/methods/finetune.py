@@ -219,7 +219,13 @@ def train_step(state: FinetuneState, batch, rng: jax.Array, *, config, spec: tas
         mutable=list(state.model_state), rngs={"dropout": dropout_rng})
     ce = losses.cross_entropy(logits, y).mean()
     gap = jnp.mean((features - z) ** 2)
-    if kind in ("randreg", "adarand"):
+    if kind == "randreg":
+      # the reference's stop-epoch quirk, off by default (configs/finetune.py)
+      free = f.get("randreg_unweighted_last_steps", 0)
+      weight = jnp.where(state.step >= config.train.steps - free, 0.0, f.weight) if free else (
+          f.weight)
+      penalty = weight * gap
+    elif kind == "adarand":
       penalty = f.weight * gap
     elif kind == "l2sp":
       body = {n: v for n, v in params.items() if n != "head"}
