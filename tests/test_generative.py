@@ -293,3 +293,23 @@ def test_the_discriminator_schedule_runs_on_generator_steps():
   assert max(float(np.abs(a - b).max()) for a, b in zip(one, two)) > 1e-4
   for a, b in zip(two, disc_after(2, 2)):  # generator step 1: rate 0 for both updates
     np.testing.assert_array_equal(a, b)
+
+
+def test_mgr_logs_its_meta_metrics_only_from_the_steps_that_ran_the_meta_step():
+  """generative.meta_every = 2: step 0 runs the meta step, step 1 does not; the window mean
+  of meta/* is step 0's value (the old loop averaged in step 1's zeros)."""
+  from jaxlab.train.loop import window_means
+  config = _mgr_config(**{"generative.meta_every": 2, "generative.sampler": "finder"})
+  method = jaxlab.get_method("mgr")
+  step = jax.jit(lambda s: method.train_step(s, _batch(), jax.random.key(1), config=config,
+                                             spec=SPEC)[1])
+  start = _init(config)
+  at_meta, skipped = step(start), step(start.replace(step=start.step + 1))
+  assert float(at_meta["measured/meta/lookahead_loss"]) == 1.0
+  assert float(skipped["measured/meta/lookahead_loss"]) == 0.0
+  stacked = {k: np.stack([np.asarray(at_meta[k]), np.asarray(skipped[k])]) for k in at_meta}
+  means = window_means(stacked)
+  assert means["meta/lookahead_loss"] == pytest.approx(float(at_meta["meta/lookahead_loss"]))
+  assert means["loss"] == pytest.approx((float(at_meta["loss"]) + float(skipped["loss"])) / 2)
+  assert not any(k.startswith("measured/") for k in means)
+  assert "meta/lookahead_loss" not in window_means({k: v[1:] for k, v in stacked.items()})

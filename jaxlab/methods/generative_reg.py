@@ -283,8 +283,10 @@ def train_step(state: GenerativeRegState, batch, rng: jax.Array, *, config,
     if g.meta_every > 1:
       skipped = lambda s: (s.finder_params, s.finder_opt_state, jax.tree.map(
           jnp.zeros_like, jax.eval_shape(run_meta, s)[2]))
-      finder_params, finder_opt_state, metrics = jax.lax.cond(
-          state.step % g.meta_every == 0, run_meta, skipped, state)
+      ran = state.step % g.meta_every == 0
+      finder_params, finder_opt_state, metrics = jax.lax.cond(ran, run_meta, skipped, state)
+      # the meta step's metrics exist at its steps only: the loop logs them from those
+      metrics.update({f"measured/{k}": ran.astype(jnp.float32) for k in list(metrics)})
     else:
       finder_params, finder_opt_state, metrics = run_meta(state)
   noise_key = jax.random.fold_in(meta_key, 0) if g.reuse_noise else sample_key

@@ -79,8 +79,30 @@ def summarize(outputs, masks) -> Dict[str, float]:
   return summary
 
 
+MEASURED = "measured/"
+
+
+def window_means(stacked) -> Dict[str, float]:
+  """Mean over a window of steps of each train metric ([steps] arrays). A metric a step does
+  not measure (e.g. MGR's meta/* when generative.meta_every > 1) comes with a 0/1 flag
+  "measured/<name>": it is averaged over the steps that measured it, and left out of the log
+  when none did; the flags themselves are not logged."""
+  out = {}
+  for key, values in stacked.items():
+    if key.startswith(MEASURED):
+      continue
+    values = np.asarray(values, np.float64)
+    flags = stacked.get(MEASURED + key)
+    if flags is None:
+      out[key] = float(np.mean(values))
+    elif np.sum(flags) > 0:
+      flags = np.asarray(flags, np.float64)
+      out[key] = float(np.sum(values * flags) / np.sum(flags))
+  return out
+
+
 def _check_finite(pending, first_step: int, checkpoints: Checkpointer) -> Dict[str, float]:
-  """Mean of the pending train metrics; raises TrainingDiverged on any NaN/Inf."""
+  """`window_means` of the pending train metrics; raises TrainingDiverged on any NaN/Inf."""
   stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
   for key, values in stacked.items():
     bad = np.flatnonzero(~np.isfinite(np.asarray(values, np.float64)))
@@ -94,7 +116,7 @@ def _check_finite(pending, first_step: int, checkpoints: Checkpointer) -> Dict[s
           f"training diverged: train/{key} = {float(np.asarray(values)[bad[0]])} at step {step}; "
           f"stopped before saving it; {kept} (lower optimizer.learning_rate or add "
           f"optimizer.grad_clip_norm)")
-  return {k: float(np.mean(v)) for k, v in stacked.items()}
+  return window_means(stacked)
 
 
 def _with_pretrained(state, loaded):
@@ -325,8 +347,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
           checkpoints.save(done, state, {"pending_metrics": [
               {k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]})
         if final and lead:  # for results.json, should the final evaluation be cut short
-          _write_json(final_train_path, {k: float(v) for k, v in
-                                         jax.device_get(metrics).items()})
+          _write_json(final_train_path, window_means(
+              {k: np.asarray(v)[None] for k, v in jax.device_get(metrics).items()}))
         if stop:
           name = signal.Signals(signals.received).name
           raise Interrupted(f"interrupted ({name}) at step {done}; the checkpoint at step "
