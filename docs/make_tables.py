@@ -64,7 +64,7 @@ TABLES = {
                     ["maml", "fomaml", "anil", "boil", "scratch", "maml_3k", "fomaml_3k"],
                     ["5w1s", "5w5s"]),
     "supermask_digits": ("supermask.md", "test/accuracy", 100.0,
-                         ["edge_popup", "edge_popup_raw", "iterand", "iterand_r1.0",
+                         ["edge_popup", "edge_popup_raw", "iterand_r0", "iterand", "iterand_r1.0",
                           "edge_popup_signed", "iterand_signed", "erm"], ["w0.25", "w0.5", "w1", "w2"]),
     "meta_ticket_width": ("supermask.md", "test/accuracy", 100.0, ["maml", "meta_ticket"],
                           [f"f{f}_5w{k}s" for k in (1, 5) for f in (1, 2, 4, 8)]),

@@ -7,7 +7,8 @@
 #   2. Meta-ticket's warm-up and re-randomisation timing: the meta_ticket arms of the glyphs
 #      width study and of the sinusoid hybrid - repro_supermask.sh parts 2 and 4;
 #   3. edge-popup's score initialiser: the edge_popup, edge_popup_raw and edge_popup_signed
-#      rows of §3(g) - repro_supermask.sh parts 1 and 3.
+#      rows of §3(g), and the new iterand_r0 control (edge-popup's step with IteRand's ranking
+#      and score initialiser) - repro_supermask.sh parts 1 and 3.
 # Then `python docs/make_tables.py --runs RUNS` after copying config.json/results.json into
 # docs/runs (see docs/supermask.md and docs/ssl.md).
 #   RUNS=runs JOBS=2 bash docs/repro_fidelity.sh     (PARTS="3 2 1" picks and orders parts)
@@ -23,6 +24,10 @@ part3() {
       queue run "$RUNS/supermask_digits/edge_popup_raw/w$width/seed$seed" \
         --config=configs/supermask.py:digits_mlp,method=edge_popup,width=$width \
         --config.supermask.policy=topk_raw --config.seed=$seed
+      queue run "$RUNS/supermask_digits/iterand_r0/w$width/seed$seed" \
+        --config=configs/supermask.py:digits_mlp,method=edge_popup,width=$width \
+        --config.supermask.policy=topk_raw --config.supermask.score_init=kaiming_uniform \
+        --config.seed=$seed
     done
   done
   for width in 0.25 1; do

@@ -33,14 +33,19 @@ for seed in $SEEDS; do
   done
 done
 
-# 3. §3(g) ablations on digits: edge-popup ranking raw scores as IteRand does (IteRand's
-#    r = 0 control, isolating re-randomisation from the ranking rule), IteRand with r = 1.0,
-#    and the signed-constant initialisation for edge-popup and IteRand.
+# 3. §3(g) ablations on digits: edge-popup ranking raw scores as IteRand does, with
+#    edge-popup's score initialiser (edge_popup_raw) and with IteRand's (iterand_r0: IteRand
+#    with r = 0, isolating re-randomisation from the ranking rule and the scores' scale),
+#    IteRand with r = 1.0, and the signed-constant initialisation for edge-popup and IteRand.
 for width in 0.25 0.5 1 2; do
   for seed in $SEEDS; do
     run "$RUNS/supermask_digits/edge_popup_raw/w$width/seed$seed" \
       --config=configs/supermask.py:digits_mlp,method=edge_popup,width=$width \
       --config.supermask.policy=topk_raw --config.seed=$seed
+    run "$RUNS/supermask_digits/iterand_r0/w$width/seed$seed" \
+      --config=configs/supermask.py:digits_mlp,method=edge_popup,width=$width \
+      --config.supermask.policy=topk_raw --config.supermask.score_init=kaiming_uniform \
+      --config.seed=$seed
   done
 done
 for width in 0.25 1; do
