@@ -222,9 +222,7 @@ def train_step(state: FinetuneState, batch, rng: jax.Array, *, config, spec: tas
     if kind == "randreg":
       # the reference's stop-epoch quirk, off by default (configs/finetune.py)
       free = f.get("randreg_unweighted_last_steps", 0)
-      weight = jnp.where(state.step >= config.train.steps - free, 0.0, f.weight) if free else (
-          f.weight)
-      penalty = weight * gap
+      penalty = jnp.where(state.step >= config.train.steps - free, 0.0, f.weight) * gap
     elif kind == "adarand":
       penalty = f.weight * gap
     elif kind == "l2sp":
