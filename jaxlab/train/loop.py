@@ -91,13 +91,12 @@ def window_means(stacked) -> Dict[str, float]:
   for key, values in stacked.items():
     if key.startswith(MEASURED):
       continue
-    values = np.asarray(values, np.float64)
     flags = stacked.get(MEASURED + key)
     if flags is None:
-      out[key] = float(np.mean(values))
+      out[key] = float(np.mean(values))  # in the metric's dtype, as the log always was
     elif np.sum(flags) > 0:
       flags = np.asarray(flags, np.float64)
-      out[key] = float(np.sum(values * flags) / np.sum(flags))
+      out[key] = float(np.sum(np.asarray(values, np.float64) * flags) / np.sum(flags))
   return out
 
 
