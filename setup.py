@@ -17,6 +17,8 @@ setuptools.setup(
         "orbax-checkpoint>=0.11",
         "tensorflow-datasets>=4.9.7",
         "array-record>=0.5",        # TFDS's random-access file format (tfds.data_source)
+        "grain>=0.2.12",            # the streaming input (jaxlab.data.stream)
+        "etils[epath]",             # user paths (folders, init_from) as local paths or URLs
         "importlib_resources",      # TFDS needs it to register builders from a package
         "chex>=0.1.88",
         "ml_collections>=0.1.1",
@@ -31,7 +33,7 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=7.0", "tensorboardX>=2.6"],  # TensorBoard events are tested too
         "tensorboard": ["tensorboardX>=2.6"],
-        "bench": ["torch"],
+        "bench": ["torch", "torchvision", "psutil"],  # benchmarks/ against PyTorch
     },
     entry_points={"console_scripts": ["jaxlab=jaxlab.main:run"]},
 )

@@ -9,10 +9,22 @@ Presets (`:name`):
                   16 train images each), crop+flip augmentation.
   mnist           MLP on TFDS mnist (prepare it first: `tfds build mnist`).
   cifar10         ResNet-18 on TFDS cifar10, SGD + cosine, crop+flip.
+  imagenet        ResNet-50 on TFDS imagenet2012 (prepared by the user: `tfds build
+                  imagenet2012` with the archives in the manual directory), the torchvision
+                  reference recipe: RandomResizedCrop(224) + flip, Resize(256) +
+                  CenterCrop(224) for validation, ImageNet mean/std, SGD 0.1 x batch/256,
+                  momentum 0.9, weight decay 1e-4, x0.1 every 30 of 90 epochs; streamed.
+                  Argument `batch` (default 256, the global batch).
+  folder          ResNet-18 (ImageNet stem) on your own images: `folder,path=/data/pets`
+                  reads <path>/<class>/<image> (or <path>/{train,test}/<class>/<image>),
+                  224x224 with the same transforms; `steps` (default 5000).
   tiny            a few steps on digits; for tests and smoke runs.
 """
 
+import ml_collections
+
 from jaxlab.config import base_config, presets
+from jaxlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def digits():
@@ -82,8 +94,41 @@ def cifar10():
   return c
 
 
+def _imagenet_input(c, arch):
+  c.model = ml_collections.ConfigDict(dict(
+      name=arch, width=64, stem="imagenet", norm="batch_norm",
+      weight_init="kaiming_normal_fan_out", mean=IMAGENET_MEAN, std=IMAGENET_STD))
+  c.data.train_pp = "random_resized_crop(224)|flip_lr"
+  c.data.eval_pp = "resize_small(256)|central_crop(224)"
+  return c
+
+
+def imagenet(batch=256):
+  c = _imagenet_input(base_config(), "resnet50")
+  c.data.name = "imagenet2012"
+  c.data.eval_splits = "validation"
+  epoch = 1_281_167 // batch
+  c.optimizer.update(dict(name="sgd", learning_rate=0.1 * batch / 256, momentum=0.9,
+                          nesterov=False, weight_decay=1e-4, schedule="step", step_factor=0.1,
+                          step_boundaries=(30 * epoch, 60 * epoch)))
+  c.train.update(dict(steps=90 * epoch, batch_size=batch, eval_batch_size=250,
+                      eval_every=5 * epoch, checkpoint_every=epoch, log_every=100))
+  return c
+
+
+def folder(path="", steps=5000):
+  c = _imagenet_input(base_config(), "resnet18")
+  c.data.name = "folder:" + path
+  c.data.eval_splits = "test"
+  c.optimizer.update(dict(name="sgd", learning_rate=0.01, momentum=0.9, nesterov=True,
+                          weight_decay=1e-4, schedule="cosine"))
+  c.train.update(dict(steps=steps, batch_size=64, eval_batch_size=100, eval_every=steps // 5,
+                      checkpoint_every=steps // 5, log_every=50))
+  return c
+
+
 PRESETS = {"digits": digits, "tiny": tiny, "glyphs_color32": glyphs_color32, "mnist": mnist,
-           "cifar10": cifar10}
+           "cifar10": cifar10, "imagenet": imagenet, "folder": folder}
 
 
 def get_config(arg=None):

@@ -33,10 +33,13 @@ last epoch is unregularised (spec §1(h)4); set k to one epoch of steps, ceil(N 
 replicate it.
   <tfds>_pretrain is not offered: the real-data presets start from ImageNet weights the user
   converts to an .npz (`init_from=weights.npz`, arrays named like "params/Conv_0/kernel").
-  caltech_birds2011, cars196, oxford_iiit_pet, oxford_flowers102
+  caltech_birds2011, cars196, oxford_iiit_pet, oxford_flowers102, folder (path=<your images>,
+  train_size=<their number>)
                     arch=resnet50 (default) or resnet18 (ImageNet stem, 224x224, mean = std
                     = 0.5 as the code) on the TFDS set, `fraction` in {0.1, 0.3, 0.5, 1.0} of
-                    the training split, the official recipe: batch 64, SGD-Nesterov 0.01,
+                    the training split, the official recipe: RandomResizedCrop(224) + flip
+                    for training, Resize(256) + CenterCrop(224) for evaluation (streamed,
+                    jaxlab.data.stream), batch 64, SGD-Nesterov 0.01,
                     x0.1 at epochs 60/120/160 of 200, no weight decay. Weights: a converted
                     torchvision checkpoint as .npz (jaxlab's ResNet-18/50 have torchvision's
                     parameter counts; converting is the user's step).
@@ -144,26 +147,42 @@ def glyphs_color32(method="finetune", prior="pretrained", n=16):
   return _finetune(c, method, prior, steps=2000, batch_size=64, eval_every=200)
 
 
-def _tfds(name, method="finetune", prior="pretrained", fraction=1.0, arch="resnet50"):
+def _official_recipe(name, method, prior, fraction, arch, train_size):
   c = base_config()
   c.data.name = name
-  c.data.image_size = 224
   c.data.train_fraction = fraction
+  # the official code's torchvision transforms, per example on the host (data.pipeline=auto
+  # streams these sets: their images differ in size)
+  c.data.train_pp = "random_resized_crop(224)|flip_lr"
+  c.data.eval_pp = "resize_small(256)|central_crop(224)"
   if arch not in ("resnet18", "resnet50"):
     raise unknown("arch", arch, ("resnet18", "resnet50"), "configs/finetune.py")
-  c = _resnet(c, "imagenet", 0.5, crop_padding=16, name=arch)
-  c.aug.flip = True
-  per_epoch = int(0.9 * fraction * TFDS_SETS[name]) // 64
+  c = _resnet(c, "imagenet", 0.5, crop_padding=0, name=arch)
+  per_epoch = max(1, int(0.9 * fraction * train_size) // 64)
   c = _finetune(c, method, prior, steps=200 * per_epoch, batch_size=64, eval_every=per_epoch)
   c.optimizer.step_boundaries = (60 * per_epoch, 120 * per_epoch, 160 * per_epoch)
   c.train.eval_batch_size = 250
   return c
 
 
+def _tfds(name, method="finetune", prior="pretrained", fraction=1.0, arch="resnet50"):
+  return _official_recipe(name, method, prior, fraction, arch, TFDS_SETS[name])
+
+
+def folder(path="", method="finetune", prior="pretrained", fraction=1.0, arch="resnet50",
+           train_size=1000):
+  """Your own images (jaxlab.data.sources: <path>/<class>/<image>, or with train/validation/
+  test subfolders) with the official recipe; `train_size` (the images in the training
+  folder) sets the 200 epochs' steps and schedule."""
+  c = _official_recipe("folder:" + path, method, prior, fraction, arch, train_size)
+  c.data.eval_splits = "validation"  # carved from train (10%, split seed 42), as the TFDS sets
+  return c
+
+
 PRESETS = {"digits_pretrain": digits_pretrain, "digits": digits,
            "glyphs_pretrain": glyphs_pretrain, "glyphs": glyphs,
            "glyphs_color32_pretrain": glyphs_color32_pretrain, "glyphs_color32": glyphs_color32,
-           **{name: functools.partial(_tfds, name) for name in TFDS_SETS}}
+           "folder": folder, **{name: functools.partial(_tfds, name) for name in TFDS_SETS}}
 
 
 def get_config(arg=None):

@@ -168,7 +168,11 @@ def base_config() -> ConfigDict:
       name="digits", data_dir="", manual_dir="", download=False, train_split="train",
       eval_splits="test",
       image_key="image", label_key="label", image_size=0, grayscale=False, classes="",
-      per_class=0, train_fraction=1.0, val_fraction=0.0, split_seed=42, rest_as_test=False))
+      per_class=0, train_fraction=1.0, val_fraction=0.0, split_seed=42, rest_as_test=False,
+      # how batches are read (jaxlab.data.stream): auto | device | stream; the streaming
+      # input's per-example host transforms (jaxlab.data.transforms), its worker processes
+      # (-1: one per CPU core, at most 16; 0: in the main process), and auto's threshold
+      pipeline="auto", train_pp="", eval_pp="", workers=-1, stream_above_mb=2048))
   c.aug = ConfigDict(dict(crop_padding=0, flip=False))
   c.model = ConfigDict(dict(name="mlp", hidden=(256, 256), norm="none", weight_init="flax"))
   c.optimizer = ConfigDict(dict(

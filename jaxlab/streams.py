@@ -21,6 +21,8 @@ no run stream uses.
     augment      1   fold_in(augment, t): augmentation        (= split(data, 2)[1])
     latent_rows  2   meta_gen_ssl's rows of the latent pool
     extra        3   a second batch of the step (unlabeled / validation rows)
+    host_augment 4   the streaming input's host transforms (random_resized_crop, flip_lr):
+                     numpy Generator([seed, 4, step, position in the global batch])
   evaluation batch key
     attacks      0   robust accuracies (one fold per attack inside)
     margins      1   the adversarial margin histogram
@@ -36,7 +38,7 @@ import jax
 
 TAGS = {
     "run": {"init": 0, "data": 1, "step": 2, "start": 3, "eval": 4, "report": 5},
-    "data": {"indices": 0, "augment": 1, "latent_rows": 2, "extra": 3},
+    "data": {"indices": 0, "augment": 1, "latent_rows": 2, "extra": 3, "host_augment": 4},
     "eval_batch": {"attacks": 0, "margins": 1, "latents": 2},
 }
 EVAL_EPISODES_TAG = 1000

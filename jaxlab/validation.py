@@ -67,6 +67,8 @@ RANGES = {
     "generative.real_weight": at_least(0),
     "generative.synthetic_batch": at_least(1),
     "gan.disc_steps": at_least(1),
+    "data.workers": (lambda v: v >= -1, ">= -1 (-1: one per CPU core; 0: no worker process)"),
+    "data.stream_above_mb": at_least(0),
     "distributed.num_processes": at_least(1),
     "distributed.process_id": at_least(0),
 }
@@ -155,8 +157,23 @@ def check_distributed(config: ConfigDict) -> None:
                     f"distributed.num_processes={d.num_processes}")
 
 
+def check_input(config: ConfigDict) -> None:
+  """`data.pipeline` is a choice and the preprocessing strings parse; evaluation is
+  deterministic (no random op in `data.eval_pp`)."""
+  from jaxlab.data import tasks, transforms  # pylint: disable=g-import-not-at-top
+  data = config.get("data", {})
+  if data.get("pipeline", "auto") not in tasks.PIPELINES:
+    raise UserError(f"config.data.pipeline={data.pipeline!r} is not valid; valid: "
+                    + ", ".join(tasks.PIPELINES))
+  transforms.parse(data.get("train_pp", ""), "data.train_pp")
+  if transforms.is_random(data.get("eval_pp", "")):
+    raise UserError(f"config.data.eval_pp={data.eval_pp!r} draws at random; evaluation is "
+                    "deterministic: use resize, resize_small, central_crop, grayscale")
+
+
 def validate(config: ConfigDict, method) -> None:
   """Every check above, in the order a reader would fix them."""
   check_blocks(config, method)
   check_ranges(config)
+  check_input(config)
   check_distributed(config)

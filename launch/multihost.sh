@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Multi-process jaxlab: one process per host (or per local CPU group), joined by jax.distributed.
 #
-# Cloud TPU VM pod slice (JAX finds the other hosts by itself); run on every worker:
+# Cloud TPU VM pod slice (JAX finds the other hosts by itself); run on every worker, with the
+# workdir on storage every host sees (a gcsfuse mount of a bucket, NFS): --workdir must be a
+# local or mounted path (a gs:// URL is refused), while data.data_dir may be gs://...
 #   gcloud compute tpus tpu-vm ssh NAME --worker=all --command \
 #     "cd jaxlab && python -m jaxlab.main --config=configs/erm.py:cifar10 \
-#        --workdir=gs://BUCKET/runs/cifar10 --config.distributed.enabled=True"
+#        --workdir=/mnt/bucket/runs/cifar10 --config.data.data_dir=gs://BUCKET/tfds \
+#        --config.distributed.enabled=True"
 #
 # Explicit coordinator (GPU hosts, or N CPU processes on one machine, as below):
 #   launch/multihost.sh NUM_PROCESSES PORT CONFIG WORKDIR [--config.key=value ...]

@@ -1,6 +1,7 @@
 """Episodic sampling on device, sinusoid tasks, and meta-learning runs through the real loop."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -101,7 +102,15 @@ def test_maml_runs_end_to_end(tmp_path):
   for split in ("validation", "test"):
     assert 0.0 <= results[f"{split}/accuracy"] <= 1.0 and results[f"{split}/accuracy_ci95"] > 0
   saved = json.loads((tmp_path / "results.json").read_text())
+  provenance = saved.pop("provenance")
   assert saved == pytest.approx(results)
+  # what produced the run, in results.json and config.json alike
+  assert provenance == json.loads((tmp_path / "config.json").read_text())["provenance"]
+  assert provenance["packages"]["jax"] == jax.__version__ and provenance["backend"] == "cpu"
+  assert provenance["process_count"] == 1 and provenance["jaxlab"]["version"] == "0.1.0"
+  if (Path(__file__).parents[1] / ".git").exists():  # a checkout: its commit, 40 hex digits
+    assert len(provenance["jaxlab"]["commit"]) == 40 and provenance["jaxlab"]["dirty"] in (
+        True, False)
 
 
 @pytest.mark.parametrize("method,first_order,adapt", [

@@ -79,6 +79,14 @@ def assert_one_line(code, err, *fragments, exit_code=2):
     (MAML + ["--config.episodes.shots=0"], "episodes.shots=0 is out of range: it must be >= 1"),
     (TINY + ["--config.train.select_by=test/nope"],
      "train.select_by='test/nope' is not an evaluated metric; valid: test/accuracy, test/loss"),
+    # the input pipeline
+    (TINY + ["--config.data.pipeline=disk"], "data.pipeline='disk' is not valid; valid: auto, "
+                                             "device, stream"),
+    (TINY + ["--config.data.train_pp=resize(8)|blur(3)"], "unknown op 'blur(3)'"),
+    (TINY + ["--config.data.name=folder:/nonexistent/images"], "is not a directory"),
+    (MAML + ["--config.data.pipeline=stream"], "episodic tasks hold their classes"),
+    (["--config=configs/ssl.py:digits", "--config.data.pipeline=stream"],
+     "method 'fixmatch' holds its data on the device"),
 ])
 def test_bad_input_is_one_line_before_anything_is_written(tmp_path, args, fragment):
   workdir = tmp_path / "run"
@@ -89,6 +97,9 @@ def test_bad_input_is_one_line_before_anything_is_written(tmp_path, args, fragme
 
 def test_workdir_that_is_a_file_or_cannot_be_created():
   assert_one_line(*cli(*TINY, f"--workdir={REPO}/README.md")[::2], "is a file, not a directory")
+  assert_one_line(*cli(*TINY, "--workdir=gs://bucket/runs/a")[::2],
+                  "is a URL; jaxlab writes checkpoints, logs and results with local file")
+  assert not os.path.exists(os.path.join(REPO, "gs:"))
   assert_one_line(*cli(*TINY, "--workdir=/proc/jaxlab_cannot")[::2], "cannot be created")
 
 

@@ -34,12 +34,22 @@ def _tree_digest(path):
   return digest.hexdigest()
 
 
-def test_resume_after_sigkill_reproduces_uninterrupted_run(tmp_path):
-  full = run_main(*LONG, f"--workdir={tmp_path / 'full'}")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The uninterrupted LONG run, on the device path."""
+  workdir = tmp_path_factory.mktemp("full")
+  full = run_main(*LONG, f"--workdir={workdir}")
   assert full.returncode == 0, full.stderr[-2000:]
+  return workdir
 
+
+@pytest.mark.parametrize("pipeline", [
+    [],
+    # streamed by two worker processes: the batches, resumed mid-epoch, are the device path's
+    ["--config.data.pipeline=stream", "--config.data.workers=2"]], ids=["device", "stream"])
+def test_resume_after_sigkill_reproduces_uninterrupted_run(tmp_path, uninterrupted, pipeline):
   workdir = tmp_path / "killed"
-  cmd = [sys.executable, "-m", "jaxlab.main", *LONG, f"--workdir={workdir}"]
+  cmd = [sys.executable, "-m", "jaxlab.main", *LONG, *pipeline, f"--workdir={workdir}"]
   env = {**os.environ, "JAXLAB_DATA_DIR": DATA_DIR}
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -52,12 +62,13 @@ def test_resume_after_sigkill_reproduces_uninterrupted_run(tmp_path):
   proc.kill()
   proc.wait()
   assert not (workdir / "results.json").exists(), "killed too late: the run had finished"
+  # (1797 digits / 32 = 56 steps an epoch: step 100 is mid-epoch)
 
-  resumed = run_main(*LONG, f"--workdir={workdir}")
+  resumed = run_main(*LONG, *pipeline, f"--workdir={workdir}")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resuming from the checkpoint at step" in resumed.stdout
-  assert (workdir / "results.json").read_text() == (tmp_path / "full" / "results.json").read_text()
-  assert _train_losses(workdir) == _train_losses(tmp_path / "full")
+  assert (workdir / "results.json").read_text() == (uninterrupted / "results.json").read_text()
+  assert _train_losses(workdir) == _train_losses(uninterrupted)
 
 
 def test_unreadable_checkpoint_is_skipped_with_a_warning(tmp_path):
@@ -120,14 +131,18 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("pipeline", [
+    [],
+    # each process reads and decodes only its half of every batch
+    ["--config.data.pipeline=stream", "--config.data.workers=1"]], ids=["device", "stream"])
+def test_two_processes_match_one_process(tmp_path, pipeline):
   args = ["--config=configs/erm.py:tiny", "--config.train.steps=20", "--config.train.log_every=1"]
-  one = run_main(*args, f"--workdir={tmp_path / 'one'}")
+  one = run_main(*args, f"--workdir={tmp_path / 'one'}")  # one process, device path
   assert one.returncode == 0
   port = _free_port()
   env = {**os.environ, "JAXLAB_DATA_DIR": DATA_DIR}
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "jaxlab.main", *args, f"--workdir={tmp_path / 'two'}",
+      [sys.executable, "-m", "jaxlab.main", *args, *pipeline, f"--workdir={tmp_path / 'two'}",
        "--config.distributed.enabled=True",
        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
@@ -139,8 +154,9 @@ def test_two_processes_match_one_process(tmp_path):
   assert sorted(a) == sorted(b) == list(range(1, 21))
   for step in a:
     assert abs(a[step] - b[step]) <= 1e-5 * abs(a[step])
-  assert json.loads((tmp_path / "two" / "results.json").read_text()) == pytest.approx(
-      json.loads((tmp_path / "one" / "results.json").read_text()), rel=1e-5)
+  two, one = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("two", "one"))
+  assert (two.pop("provenance")["process_count"], one.pop("provenance")["process_count"]) == (2, 1)
+  assert two == pytest.approx(one, rel=1e-5)
 
 
 def test_checkpoints_of_the_layout_before_frozen_inputs_resume_and_others_stay(tmp_path):

@@ -70,10 +70,13 @@ def sample_episode(key: jax.Array, images: jax.Array, counts: jax.Array, ways: i
           "query": {"x": augment.to_float(query), "y": jnp.repeat(labels, queries)}}
 
 
-class _Episodes:
+class _Episodes(tasks.OnDevice):
   """What both episodic tasks share: meta-batch sizes and the fixed evaluation episodes."""
 
   def __init__(self, config, num_devices: int):
+    if config.data.get("pipeline", "auto") == "stream":
+      raise UserError("data.pipeline=stream: episodic tasks hold their classes on the device "
+                      "and sample episodes there; use data.pipeline=device or auto")
     e = config.episodes
     self.meta_batch = e.meta_batch
     if self.meta_batch % num_devices:

@@ -13,11 +13,12 @@ import functools
 import importlib
 import os
 import socket
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxlab.data import sources
 from jaxlab.errors import UserError
 
 # Embedded builders: importing the module registers the TFDS builder.
@@ -131,6 +132,31 @@ def load_split(name: str, split: str, data_dir: Optional[str] = None, download: 
 
 @functools.lru_cache(maxsize=None)
 def num_classes(name: str, data_dir: Optional[str] = None, label_key: str = "label") -> int:
+  if sources.is_folder(name):
+    return len(sources.folder_layout(name)[0])
   builder = get_builder(name, data_dir)
   feature = builder.info.features[label_key]
   return int(feature.num_classes)
+
+
+def image_shape(name: str, data_dir: Optional[str] = None,
+                image_key: str = "image") -> Optional[Tuple[int, ...]]:
+  """The images' shape, or None when they differ in size (or a folder's images)."""
+  if sources.is_folder(name):
+    return None
+  feature = get_builder(name, data_dir).info.features[image_key]
+  shape = tuple(getattr(feature, "shape", ()) or ())
+  return None if not shape or None in shape else shape
+
+
+def split_bytes(name: str, split: str, data_dir: Optional[str] = None,
+                image_key: str = "image") -> Optional[int]:
+  """Bytes the split's images take as a uint8 array (None when they differ in size)."""
+  shape = image_shape(name, data_dir, image_key)
+  if shape is None:
+    return None
+  builder = get_builder(name, data_dir)
+  splits = builder.info.splits
+  base = split.split("[")[0]
+  count = splits[base].num_examples if base in splits else 0
+  return count * int(np.prod(shape))

@@ -11,16 +11,19 @@ live in `jaxlab.data.episodes`.
 """
 
 import dataclasses
+import functools
+import itertools
 import math
-from typing import Dict, Tuple
+from typing import Dict, Iterator, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxlab import streams
-from jaxlab.data import augment, loading
+from jaxlab.data import augment, loading, sources, transforms
 from jaxlab.errors import UserError
+from jaxlab.train import sharding
 
 Arrays = Dict[str, np.ndarray]
 
@@ -105,7 +108,25 @@ def carve_validation(arrays: Arrays, per_class: int, val_fraction: float, seed: 
 
 
 def load_arrays(data, split: str) -> Arrays:
-  """`image` (uint8 NHWC) and `label` (int32) of a split, preprocessed per `config.data`."""
+  """`image` (uint8 NHWC) and `label` (int32) of a split, preprocessed per `config.data`.
+
+  Images of one size are read in batches and resized as `data.image_size` / `data.grayscale`
+  say; images that differ in size (a folder dataset, oxford_iiit_pet, ...) are read one by one
+  through `data.eval_pp` (deterministic: e.g. `resize_small(256)|central_crop(224)`), or
+  `resize(data.image_size)` when it is empty, so that the split stacks into one array.
+  """
+  if loading.image_shape(data.name, data.data_dir or None, data.image_key) is None:
+    source = sources.open_source(data, split)
+    pp = data.get("eval_pp", "") or transforms.legacy_pp(data.image_size, data.grayscale)
+    if not transforms.output_size(pp):
+      raise UserError(f"the images of {data.name!r} differ in size: set data.eval_pp to end "
+                      "at a fixed size (e.g. 'resize_small(256)|central_crop(224)') or "
+                      "data.image_size")
+    apply = transforms.build(pp, "data.eval_pp")
+    rows = [source[i] for i in range(len(source))]
+    arrays = {"image": transforms.stack([apply(r["image"], None) for r in rows], "data.eval_pp"),
+              "label": np.asarray([r["label"] for r in rows], np.int32)}
+    return select_classes(arrays, data.classes)
   raw = loading.load_split(data.name, split, data.data_dir or None, data.download,
                            data.get("manual_dir") or None)
   for key in (data.image_key, data.label_key):
@@ -131,21 +152,118 @@ def epoch_indices(key: jax.Array, step: jax.Array, batch_size: int, n: int) -> j
   return jnp.where(position // n == first_epoch, perm_a[position % n], perm_b[position % n])
 
 
-class SupervisedTask:
-  """Image classification on one TFDS dataset held on the device.
+@functools.lru_cache(maxsize=4)
+def _host_permutation(key_data: bytes, epoch: int, n: int) -> np.ndarray:
+  key = jax.random.wrap_key_data(np.frombuffer(key_data, np.uint32))
+  with jax.default_device(jax.devices("cpu")[0]):
+    return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
+
+
+def host_epoch_indices(key_data: np.ndarray, step: int, batch_size: int, n: int) -> np.ndarray:
+  """`epoch_indices` computed on the host (the streaming input's workers), equal to it number
+  for number; `key_data` is `jax.random.key_data` of the index key. Each epoch's permutation
+  is computed once (cached), not at every step."""
+  key_bytes = np.asarray(key_data, np.uint32).tobytes()
+  if batch_size > n:
+    key = jax.random.wrap_key_data(np.frombuffer(key_bytes, np.uint32))
+    with jax.default_device(jax.devices("cpu")[0]):
+      return np.asarray(jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n))
+  start = step * batch_size
+  positions = start + np.arange(batch_size)
+  first_epoch = start // n
+  in_first = positions // n == first_epoch
+  out = _host_permutation(key_bytes, first_epoch, n)[positions % n]
+  if not in_first.all():
+    out = np.where(in_first, out, _host_permutation(key_bytes, first_epoch + 1, n)[positions % n])
+  return out
+
+
+class OnDevice:
+  """What the training loop feeds the jitted functions of a task whose data lives on the
+  device whole (`train_arrays()`, `eval_arrays(split)`): the same replicated arrays at every
+  step and evaluation batch; `train_batch` / `eval_batch` draw from them inside jit. The
+  streaming form (`jaxlab.data.stream`) feeds one batch at a time instead."""
+
+  def _device_train(self, mesh):
+    if getattr(self, "_on_device", None) is None:
+      self._on_device = sharding.put_replicated(self.train_arrays(), mesh)
+    return self._on_device
+
+  def train_input_like(self, mesh):
+    """What `train_feed` yields, for tracing the step before a run starts."""
+    return self._device_train(mesh)
+
+  def train_feed(self, mesh, start: int, stop: int) -> Iterator:
+    """The `data` argument of the train step for steps start..stop-1."""
+    del start, stop
+    return itertools.repeat(self._device_train(mesh))
+
+  def start_data(self, mesh):
+    """The training data a method's `start_from` reads (e.g. fine-tuning's prior statistics)."""
+    return self._device_train(mesh)
+
+  def _device_eval(self, split: str, mesh):
+    if split not in self.__dict__.setdefault("_eval_on_device", {}):
+      self._eval_on_device[split] = sharding.put_replicated(self.eval_arrays(split), mesh)
+    return self._eval_on_device[split]
+
+  def eval_input_like(self, split: str, mesh):
+    """What `eval_feed` yields, for tracing the evaluation before a run starts."""
+    return self._device_eval(split, mesh)
+
+  def eval_feed(self, split: str, mesh) -> Tuple[int, Iterator]:
+    """(number of evaluation batches of `split`, the `data` argument of each)."""
+    data = self._device_eval(split, mesh)
+    n = self.num_eval_batches(data)
+    return n, itertools.repeat(data, n)
+
+
+PIPELINES = ("auto", "device", "stream")
+
+
+def resolve_pipeline(data) -> str:
+  """`data.pipeline` with `auto` decided (see `jaxlab.data.stream`): "stream" when the
+  training split's images differ in size, come from a folder, or take more than
+  `data.stream_above_mb` MB as uint8; else "device"."""
+  pipeline = data.get("pipeline", "device")
+  if pipeline not in PIPELINES:
+    raise UserError(f"data.pipeline={pipeline!r} is not valid; valid: {', '.join(PIPELINES)}")
+  if pipeline != "auto":
+    return pipeline
+  size = loading.split_bytes(data.name, data.train_split, data.data_dir or None, data.image_key)
+  return "stream" if size is None or size > data.get("stream_above_mb", 2048) * 2**20 else (
+      "device")
+
+
+def supervised(config, num_devices: int = 1) -> "SupervisedTask":
+  """The supervised task of `config.data`: held on the device, or streamed
+  (`jaxlab.data.stream`) as `data.pipeline` resolves."""
+  if resolve_pipeline(config.data) == "stream":
+    from jaxlab.data import stream  # pylint: disable=g-import-not-at-top  (grain: on demand)
+    return stream.StreamTask(config, num_devices)
+  return SupervisedTask(config, num_devices)
+
+
+class SupervisedTask(OnDevice):
+  """Image classification on one TFDS dataset (or image folder) held on the device.
 
   Config fields read: data.{name, data_dir, download, train_split, image_key,
   label_key, image_size, grayscale, classes, per_class, train_fraction, val_fraction,
-  split_seed, rest_as_test},
+  split_seed, rest_as_test, pipeline, eval_pp},
   train.{batch_size,
   eval_batch_size}, aug.{crop_padding, flip}.
   """
+  streaming = False  # the streaming form (jaxlab.data.stream.StreamTask) sets True
 
   def __init__(self, config, num_devices: int = 1):
     data = config.data
     self.name = data.name
     self._data = data
     self.batch_size = config.train.batch_size
+    if not self.streaming and data.get("pipeline", "device") == "stream":
+      raise UserError(f"method {config.method!r} holds its data on the device (it reads a "
+                      "second set per step or the whole split); run it with "
+                      "data.pipeline=device or auto")
     if self.batch_size % num_devices:
       raise UserError(f"train.batch_size={self.batch_size} must be divisible by the "
                       f"{num_devices} devices of the data axis")
@@ -159,14 +277,25 @@ class SupervisedTask:
       raise UserError(f"data.classes={data.classes!r} reaches label {hi}, but {data.name!r} has "
                       f"{total} classes (labels 0-{total - 1})")
     train = self.train_arrays()
-    labels = train["label"]
     num_classes = hi - lo + 1 if data.classes else total
+    self._check_labels(train, num_classes)
+    self.spec = Spec(input_shape=self._input_shape(train), num_classes=num_classes)
+
+  def _check_labels(self, train: Arrays, num_classes: int) -> None:
+    labels = train["label"]
     if len(labels) and labels.max() >= num_classes:
-      raise UserError(f"labels of {data.name!r} reach {labels.max()}, beyond {num_classes} classes")
+      raise UserError(f"labels of {self.name!r} reach {labels.max()}, beyond {num_classes} "
+                      "classes")
     if self.batch_size > len(labels):
       print(f"jaxlab: warning: train.batch_size={self.batch_size} exceeds the {len(labels)} "
             "training examples: each batch is drawn with replacement", flush=True)
-    self.spec = Spec(input_shape=tuple(train["image"].shape[1:]), num_classes=num_classes)
+
+  def _load(self, split: str) -> Arrays:
+    """The split as the task holds it (all images here; row numbers in the streaming form)."""
+    return load_arrays(self._data, split)
+
+  def _input_shape(self, train: Arrays) -> Tuple[int, ...]:
+    return tuple(train["image"].shape[1:])
 
   def split_arrays(self, split: str) -> Arrays:
     """`image` (uint8 NHWC) and `label` (int32) of an evaluation split, cached on the host.
@@ -180,7 +309,7 @@ class SupervisedTask:
     if split in carved and split != "train":
       return carved[split]
     if split not in self._cache:
-      self._cache[split] = load_arrays(self._data, split)
+      self._cache[split] = self._load(split)
     return self._cache[split]
 
   def _carved(self) -> Dict[str, Arrays]:
@@ -192,7 +321,7 @@ class SupervisedTask:
       return {}
     if "carved" not in self._cache:
       train, val, rest = carve_validation(
-          load_arrays(data, data.train_split), data.get("per_class", 0),
+          self._load(data.train_split), data.get("per_class", 0),
           data.get("val_fraction", 0.0), data.split_seed, fraction)
       self._cache["carved"] = {"train": train, "validation": val, "rest": rest,
                                **({"test": rest} if data.get("rest_as_test", False) else {})}

@@ -56,7 +56,7 @@ from jaxlab.train.state import TrainState
 
 WEIGHTINGS = ("gairat", "mail")
 
-make_task = tasks.SupervisedTask
+make_task = tasks.supervised
 init = supervised.init
 eval_step = classification.eval_step
 

@@ -57,7 +57,7 @@ def make_task(config, num_devices: int = 1) -> tasks.SupervisedTask:
                               ("nr_noise", a.nr_noise, ("uniform", "gaussian"))):
     if value not in valid:
       raise unknown(f"arrest.{field}", value, valid)
-  return tasks.SupervisedTask(config, num_devices)
+  return tasks.supervised(config, num_devices)
 
 
 def distance(student: jax.Array, teacher: jax.Array, kind: str) -> jax.Array:

@@ -18,7 +18,7 @@ from jaxlab.train.protocol import Variant
 
 VARIANTS = {"erm": Variant()}
 
-make_task = tasks.SupervisedTask
+make_task = tasks.supervised
 init = supervised.init
 train_step = supervised.classification_step
 eval_step = classification.eval_step

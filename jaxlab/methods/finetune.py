@@ -74,7 +74,7 @@ def make_task(config, num_devices: int = 1, *, regulariser: str) -> tasks.Superv
     raise UserError(f"{name} fine-tunes a pretrained backbone: set --config.init_from "
                     "to the workdir of the pretraining run (e.g. configs/finetune.py:"
                     "digits_pretrain) or an .npz of its weights")
-  return tasks.SupervisedTask(config, num_devices)
+  return tasks.supervised(config, num_devices)
 
 
 def _needs_statistics(config, kind: str) -> bool:

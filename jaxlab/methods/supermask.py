@@ -63,7 +63,7 @@ from jaxlab.train import losses, optim
 from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
-make_task = tasks.SupervisedTask
+make_task = tasks.supervised
 
 
 def score_initialiser(config, reference: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
+from etils import epath
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
@@ -198,14 +199,15 @@ class Checkpointer:
     self._manager.close()
 
 
-def _checkpoint_item(path: str, field: str = "init_from") -> str:
+def _checkpoint_item(path: str, field: str = "init_from") -> epath.Path:
   """The Orbax item directory of the newest step under a workdir, checkpoints dir or step."""
-  for candidate in (os.path.join(path, "checkpoints"), path):
-    steps = [d for d in os.listdir(candidate) if d.isdigit()] if os.path.isdir(candidate) else []
+  root = epath.Path(path)
+  for candidate in (root / "checkpoints", root):
+    steps = [d.name for d in candidate.iterdir() if d.name.isdigit()] if candidate.is_dir() else []
     if steps:
-      return os.path.join(candidate, max(steps, key=int), "default")
-  if os.path.isdir(os.path.join(path, "default")):
-    return os.path.join(path, "default")
+      return candidate / max(steps, key=int) / "default"
+  if (root / "default").is_dir():
+    return root / "default"
   raise UserError(f"{field}={path!r} holds no jaxlab checkpoint; valid: a run's workdir, "
                   "its checkpoints/ directory, one checkpoints/<step>, or an .npz file")
 
@@ -224,10 +226,10 @@ def load_pretrained(path: str, like: Dict[str, Any], skip: str = "",
   """
   prefixes = tuple(p.strip() for p in skip.split(",") if p.strip())
   skipped = lambda key: any(key == p or key.startswith(p.rstrip("/") + "/") for p in prefixes)
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():  # any etils.epath path (gs://... with its filesystem layer)
     raise UserError(f"{field}={path!r} does not exist; give a run's workdir or an .npz file")
   if path.endswith(".npz"):
-    with np.load(path) as archive:
+    with epath.Path(path).open("rb") as f, np.load(f) as archive:
       flat = {k: archive[k] for k in archive.files}
   else:
     restored = ocp.StandardCheckpointer().restore(_checkpoint_item(path, field))

@@ -21,12 +21,12 @@ trained model's). `own_model` is a run of the trained model's architecture.
 
 import dataclasses
 import json
-import os
 from typing import Any, Callable, Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
 from jaxlab import models
 from jaxlab.data import tasks
@@ -104,10 +104,10 @@ def load_method_inputs(method, config, spec: tasks.Spec) -> Dict[str, Any]:
 
 # -- the kinds of input ---------------------------------------------------------------------
 
-def run_config_path(workdir: str, field: str) -> str:
+def run_config_path(workdir: str, field: str) -> epath.Path:
   """`workdir`'s config.json, or a UserError naming `field` when it is not a jaxlab run."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
+  config_path = epath.Path(workdir) / "config.json"
+  if not config_path.exists():
     raise UserError(f"{field}={workdir!r} is not a jaxlab run (no config.json); give the "
                     "workdir of a finished classifier run")
   return config_path
@@ -118,8 +118,8 @@ def classifier_model(config, name: str, num_classes: int):
   workdir = config.get("inputs", {}).get(name, "")
   if not workdir:
     raise UserError(f"inputs.{name} is not set: give the workdir of a classifier run")
-  with open(run_config_path(workdir, f"inputs.{name}")) as f:
-    return models.build(ml_collections.ConfigDict(json.load(f)["model"]), num_classes)
+  saved = json.loads(run_config_path(workdir, f"inputs.{name}").read_text())
+  return models.build(ml_collections.ConfigDict(saved["model"]), num_classes)
 
 
 def classifier(name: str, provides: str, classes: Callable[[Any, tasks.Spec], int],

@@ -9,7 +9,8 @@ What it does, in order:
      run's workdir or an .npz, less the `init_skip` prefixes; the method's frozen inputs,
      `config.inputs.*` read by `jaxlab.train.inputs.load` before anything is written, go to
      `state.frozen`; a method whose state holds more, e.g. fine-tuning's priors, fills it in
-     `start_from(state, train_data, *, config, spec)`, called with both in place);
+     `start_from(state, train_data, *, config, spec)`, called with both in place; train_data
+     is `task.start_data`: the training split, on the device);
   4. runs the jitted step: the task draws the batch on device from
      `fold_in(data_key, step)`, the batch is sharded on `data`, the method
      updates the state with `fold_in(step_key, step)`; so a resumed run
@@ -28,6 +29,7 @@ Outputs in `workdir`: `config.json`, `metrics.jsonl`, `results.json`, `selection
 `checkpoints/<step>/`, and `tensorboard/` when tensorboardX is installed.
 """
 
+import contextlib
 import datetime
 import functools
 import json
@@ -45,7 +47,7 @@ from flax import traverse_util
 
 from jaxlab import methods, streams, validation
 from jaxlab.errors import Interrupted, TrainingDiverged, UserError
-from jaxlab.train import inputs, sharding
+from jaxlab.train import inputs, provenance, sharding
 from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.checkpoint import Checkpointer, load_pretrained
 from jaxlab.train.metrics import MetricWriter
@@ -158,6 +160,11 @@ class _Selection:
             **{f"selected/{k}": v for k, v in self.best["metrics"].items()}}
 
 
+def _closing(feed):
+  """Closes a streamed feed (its grain worker processes) however the loop leaves it."""
+  return contextlib.closing(feed) if hasattr(feed, "close") else contextlib.nullcontext(feed)
+
+
 def _eta(seconds: float) -> str:
   return str(datetime.timedelta(seconds=int(seconds)))
 
@@ -219,7 +226,6 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   task = method.make_task(config, mesh.size)
   spec = task.spec
   eval_splits = tuple(s.strip() for s in config.data.eval_splits.split(",") if s.strip())
-  eval_host = {split: task.eval_arrays(split) for split in eval_splits}
 
   init_key, data_key, step_key = (streams.run_stream(config.seed, name)
                                   for name in ("init", "data", "step"))
@@ -242,9 +248,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   donate = (0,) if jax.default_backend() != "cpu" else ()  # XLA:CPU cannot donate
   train_fn = jax.jit(train_fn, donate_argnums=donate, out_shardings=(state_sharding, repl))
   eval_fn = jax.jit(eval_fn, out_shardings=repl)
-  eval_data = {split: sharding.put_replicated(a, mesh) for split, a in eval_host.items()}
   select_by = config.train.get("select_by", "")
-  _check_select_by(select_by, _eval_metric_names(eval_fn, abstract, eval_data))
+  _check_select_by(select_by, _eval_metric_names(
+      eval_fn, abstract, {split: task.eval_input_like(split, mesh) for split in eval_splits}))
   pretrained = None
   if config.get("init_from"):  # read (and checked) before anything is written
     pretrained = load_pretrained(config.init_from,
@@ -253,24 +259,24 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   # frozen weights the method reads from other runs (e.g. MGR's generator), also checked now
   frozen = inputs.load_method_inputs(method, config, spec)
 
-  train_data = sharding.put_replicated(task.train_arrays(), mesh)
   # a config error that only the step's trace meets (e.g. an unknown sovr.switch_rule) stops
   # the run now, not after it wrote checkpoints (the jitted step reuses this trace)
-  train_fn.eval_shape(abstract, train_data)
+  train_fn.eval_shape(abstract, task.train_input_like(mesh))
   # (a checkpoint of another model stops the run here, before config.json is touched)
   workdir_lib.create(workdir)
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
   restored = checkpoints.restore_latest(abstract)
   if lead:
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(workdir_lib.config_json(config))
+      f.write(workdir_lib.config_json(config, provenance.collect()))
   if restored is None:
     state, start = jax.jit(init, out_shardings=state_sharding)(init_key), 0
     if pretrained is not None or frozen or method.start_from:
       extra = method.start_from or (lambda s, d, **_: s)
       place = lambda s, p, f: (s if p is None else _with_pretrained(s, p)).replace(frozen=f)
       begin = lambda s, p, f, d: extra(place(s, p, f), d, config=config, spec=spec)
-      state = jax.jit(begin, out_shardings=state_sharding)(state, pretrained, frozen, train_data)
+      start_data = task.start_data(mesh) if method.start_from else None
+      state = jax.jit(begin, out_shardings=state_sharding)(state, pretrained, frozen, start_data)
   else:
     state, start = restored
     log(f"jaxlab: resuming from the checkpoint at step {start} in {checkpoints.directory}")
@@ -279,19 +285,21 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
 
   def evaluate(state) -> Dict[str, float]:
     results = {}
-    for split, data in eval_data.items():
+    for split in eval_splits:
       outputs, masks = [], []
-      batches, started_eval, shown = task.num_eval_batches(data), time.time(), time.time()
-      for index in range(batches):
-        key = streams.eval_batch_key(config.seed, split, index)
-        out, mask = jax.device_get(eval_fn(state, data, jnp.int32(index), key))
-        outputs.append(out)
-        masks.append(mask)
-        now = time.time()
-        if now - shown > 30 and index + 1 < batches:  # long (e.g. AutoAttack) evaluations
-          shown, per_batch = now, (now - started_eval) / (index + 1)
-          log(f"evaluating {split}: batch {index + 1}/{batches} | {per_batch:.1f} s/batch | "
-              f"ETA {_eta(per_batch * (batches - index - 1))}")
+      batches, feed = task.eval_feed(split, mesh)
+      started_eval, shown = time.time(), time.time()
+      with _closing(feed):
+        for index, data in zip(range(batches), feed):
+          key = streams.eval_batch_key(config.seed, split, index)
+          out, mask = jax.device_get(eval_fn(state, data, jnp.int32(index), key))
+          outputs.append(out)
+          masks.append(mask)
+          now = time.time()
+          if now - shown > 30 and index + 1 < batches:  # long (e.g. AutoAttack) evaluations
+            shown, per_batch = now, (now - started_eval) / (index + 1)
+            log(f"evaluating {split}: batch {index + 1}/{batches} | {per_batch:.1f} s/batch | "
+                f"ETA {_eta(per_batch * (batches - index - 1))}")
       results.update({f"{split}/{k}": v for k, v in summarize(outputs, masks).items()})
     return results
 
@@ -308,8 +316,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   started, last_time, last_step = time.time(), time.time(), start
   metrics = {}
   try:
-    with _StopSignals() as signals:
-      for step in range(start, total):
+    with _StopSignals() as signals, _closing(task.train_feed(mesh, start, total)) as feed:
+      for step, train_data in zip(range(start, total), feed):
         state, metrics = train_fn(state, train_data)
         if sync_each_step:
           jax.block_until_ready(metrics)
@@ -372,7 +380,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
     checkpoints.close()
     writer.close()
   if lead:
-    _write_json(os.path.join(workdir, "results.json"), results)
+    _write_json(os.path.join(workdir, "results.json"),
+                {**results, provenance.KEY: provenance.collect()})
   log(f"jaxlab: done in {time.time() - started:.1f}s; " + " ".join(
       f"{k} {v:.4f}" for k, v in results.items() if k != "step" and not k.endswith("_ci95"))
       + f"; wrote {os.path.join(workdir, 'results.json')}")

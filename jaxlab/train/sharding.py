@@ -6,7 +6,7 @@ sharded along its leading axis (examples, or tasks of a meta-batch). Under
 `jax.jit` the same code runs on one CPU, a GPU, a TPU host or a multi-host pod.
 """
 
-from typing import Any
+from typing import Any, Tuple
 
 import jax
 import numpy as np
@@ -71,3 +71,28 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     spec = P(DATA_AXIS, *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
   return jax.tree.map(constrain, batch)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (example) axis over `data`, the rest whole: how a streamed batch is laid out."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def process_rows(mesh: Mesh, global_rows: int) -> Tuple[int, int]:
+  """[lo, hi): the rows of a global batch this process's devices hold (each process reads
+  and decodes only these)."""
+  if global_rows % mesh.shape[DATA_AXIS]:
+    raise UserError(f"a batch of {global_rows} does not divide over the "
+                    f"{mesh.shape[DATA_AXIS]} devices of the data axis")
+  slices = batch_sharding(mesh).addressable_devices_indices_map((global_rows,)).values()
+  lo = min(s[0].start or 0 for s in slices)
+  hi = max(global_rows if s[0].stop is None else s[0].stop for s in slices)
+  return lo, hi
+
+
+def put_batch(local: Any, mesh: Mesh, global_rows: int) -> Any:
+  """This process's rows of a batch (host numpy) -> one global array per leaf, sharded on
+  `data` (multi-process: each process passes its `process_rows`)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+      sharding, np.asarray(x), (global_rows,) + np.shape(x)[1:]), local)

@@ -19,7 +19,11 @@ from jaxlab.errors import UserError
 # keys whose change does not make another run (prefixes end with ".")
 ADJUSTABLE = ("train.steps", "train.log_every", "train.checkpoint_every",
               "train.keep_checkpoints", "train.eval_batch_size", "data.data_dir",
-              "data.manual_dir", "data.download", "distributed.")
+              "data.manual_dir", "data.download", "data.pipeline", "data.workers",
+              "data.stream_above_mb", "distributed.")
+
+# keys added to configs after runs were made, with the value that runs without them had
+ADDED = {"data.train_pp": "", "data.eval_pp": ""}
 
 
 def _flat(tree, prefix: str = "") -> Dict[str, object]:
@@ -36,13 +40,23 @@ def _adjustable(key: str) -> bool:
   return any(key == a or (a.endswith(".") and key.startswith(a)) for a in ADJUSTABLE)
 
 
-def config_json(config: ConfigDict) -> str:
-  return config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+def config_json(config: ConfigDict, provenance: Optional[Dict] = None) -> str:
+  """The config as `config.json` holds it, with what produced the run (`provenance`, not a
+  config key: never compared) when given."""
+  if provenance is None:
+    return config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+  payload = {**json.loads(config.to_json_best_effort()), "provenance": provenance}
+  return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
 
 def check(workdir: str, config: ConfigDict) -> None:
   """Raises a UserError (nothing written) when `workdir` cannot hold this run: not a
   directory, not writable, or holding another run."""
+  if "://" in workdir:
+    raise UserError(f"--workdir={workdir!r} is a URL; jaxlab writes checkpoints, logs and "
+                    "results with local file operations, so give a local or mounted directory "
+                    "(a bucket through gcsfuse, say); data.data_dir, folder datasets, init_from "
+                    "and inputs.* may be URLs (read through etils.epath)")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir!r} is a file, not a directory")
   existing = workdir
@@ -55,11 +69,13 @@ def check(workdir: str, config: ConfigDict) -> None:
     return
   try:
     with open(saved_path) as f:
-      saved = _flat(json.load(f))
+      saved = json.load(f)
+    saved = _flat({k: v for k, v in saved.items() if k != "provenance"})
   except (OSError, ValueError) as e:
     raise UserError(f"--workdir={workdir!r} holds an unreadable config.json ({e}); use "
                     "another --workdir") from None
   new = _flat(json.loads(config_json(config)))
+  saved = {**{k: v for k, v in ADDED.items() if k in new}, **saved}
   differing = sorted((k for k in set(saved) | set(new)
                       if saved.get(k, "<absent>") != new.get(k, "<absent>") and not _adjustable(k)),
                      key=lambda k: (k != "method", k))
@@ -90,4 +106,5 @@ def finished_results(workdir: str, config: ConfigDict) -> Optional[Dict[str, flo
       results = json.load(f)
   except (OSError, ValueError):
     return None  # cut short: the run evaluates again
+  results.pop("provenance", None)
   return results if results.get("step") == config.train.steps else None
