@@ -195,6 +195,30 @@ def collect_paired(runs: str, table: str):
   return cells
 
 
+def environments(runs: str, table: str) -> str:
+  """What produced the runs behind a table (their results.json's `provenance`), counted:
+  "12 runs: jaxlab 0.1.0 @ 1a2b3c4d (dirty), jax 0.10.2, cpu x1 (cpu), 1 process"."""
+  _, metric, _, _, _, *source = TABLES[table]
+  directory, only_row = source[0] if source else (table, "*")
+  if metric and metric.startswith("paired:"):
+    only_row = "*"
+  counts = {}
+  for path in glob.glob(os.path.join(runs, directory, only_row, "*", "seed*", "results.json")):
+    with open(path) as f:
+      p = json.load(f).get("provenance")
+    if p is None:
+      line = "not recorded (runs before results.json carried provenance)"
+    else:
+      code = p["jaxlab"].get("commit", "")[:8] or "not a checkout"
+      line = (f"jaxlab {p['jaxlab']['version']} @ {code}"
+              + (" (dirty)" if p["jaxlab"].get("dirty") else "")
+              + f", jax {p['packages']['jax']}, {p['backend']} x{p['device_count']} "
+              f"({p['device_kind']}), {p['process_count']} process"
+              + ("es" if p["process_count"] > 1 else ""))
+    counts[line] = counts.get(line, 0) + 1
+  return "; ".join(f"{n} runs: {line}" for line, n in sorted(counts.items()))
+
+
 def _mean_and_spread(mean: float, spread: float) -> str:
   """Two decimals, or three significant digits when both are below 0.01 in magnitude
   (meta-gradient norms)."""
@@ -235,7 +259,7 @@ def main():
     cells = collect(args.runs, table)
     if not cells:
       continue
-    text = render(table, cells)
+    text = render(table, cells) + f"\n\nEnvironment: {environments(args.runs, table)}."
     print(f"## {table}\n{text}\n")
     path = os.path.join(DOCS, doc)
     with open(path) as f:
