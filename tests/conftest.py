@@ -10,6 +10,10 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Embedded datasets are built once per test session in a private directory.
 DATA_DIR = os.environ.setdefault("JAXLAB_DATA_DIR", tempfile.mkdtemp(prefix="jaxlab_data_"))
+# One persistent XLA compilation cache for the session and every command it starts (set
+# before jax is imported): the many runs of the same tiny presets compile each step once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxlab_xla_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def run_main(*args, env=None, timeout=300):
