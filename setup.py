@@ -31,7 +31,10 @@ setuptools.setup(
         "scipy>=1.10",
     ],
     extras_require={
-        "test": ["pytest>=7.0", "tensorboardX>=2.6"],  # TensorBoard events are tested too
+        # TensorBoard events and the notebooks (run headless) are tested too
+        "test": ["pytest>=7.0", "tensorboardX>=2.6", "nbclient>=0.9", "nbformat>=5.9",
+                 "ipykernel>=6.0", "jupytext>=1.16"],
+        "notebooks": ["jupyter", "jupytext>=1.16"],
         "tensorboard": ["tensorboardX>=2.6"],
         "bench": ["torch", "torchvision", "psutil"],  # benchmarks/ against PyTorch
     },

@@ -78,10 +78,23 @@ def _tfds(name, steps):
   return _gan(c, latent_dim=128, width=128, steps=steps)
 
 
+DEFAULT = 'digits'
+# the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog; a test checks
+# that every preset is in one row and that the README shows these rows)
+ROWS = [
+    ('digits',
+     'class-conditional GAN (hinge, spectral norm, conditional BN, projection '
+     'discriminator); `steps`; sample grid and quality score'),
+    ('digits_source',
+     'the same on digits 0-4 only: the generator of PP / P-SSL (`configs/pp_pssl.py`)'),
+    ('glyphs16', "100 glyphs characters at 16x16, width 32 (MGR's CPU-scale glyphs setting)"),
+    ('glyphs_color32, cifar10, cifar100', 'the same at 32x32x3'),
+]
+
 PRESETS = {"digits": digits, "digits_source": digits_source, "glyphs16": glyphs16, "glyphs_color32": glyphs_color32,
            "cifar10": lambda steps=50000: _tfds("cifar10", steps),
            "cifar100": lambda steps=50000: _tfds("cifar100", steps)}
 
 
 def get_config(arg=None):
-  return presets(arg, PRESETS, "digits", "configs/cgan.py")
+  return presets(arg, PRESETS, DEFAULT, "configs/cgan.py")

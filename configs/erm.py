@@ -127,9 +127,22 @@ def folder(path="", steps=5000):
   return c
 
 
+DEFAULT = 'digits'
+# the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog; a test checks
+# that every preset is in one row and that the README shows these rows)
+ROWS = [
+    ('digits', 'MLP on embedded 8x8 digits'),
+    ('tiny', '40 steps on digits, for smoke tests'),
+    ('glyphs_color32', 'CIFAR-style ResNet-18 on embedded `glyphs/color32`'),
+    ('mnist', 'MLP on TFDS `mnist` (prepare first, see below)'),
+    ('cifar10', 'ResNet-18 on TFDS `cifar10`, SGD + cosine, crop + flip'),
+    ('imagenet', 'ResNet-50 on TFDS `imagenet2012`, the torchvision recipe, streamed; `batch`'),
+    ('folder', 'ResNet-18 on your images: `folder,path=/data/images`'),
+]
+
 PRESETS = {"digits": digits, "tiny": tiny, "glyphs_color32": glyphs_color32, "mnist": mnist,
            "cifar10": cifar10, "imagenet": imagenet, "folder": folder}
 
 
 def get_config(arg=None):
-  return presets(arg, PRESETS, "digits", "configs/erm.py")
+  return presets(arg, PRESETS, DEFAULT, "configs/erm.py")

@@ -179,6 +179,23 @@ def folder(path="", method="finetune", prior="pretrained", fraction=1.0, arch="r
   return c
 
 
+DEFAULT = 'digits'
+# the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog; a test checks
+# that every preset is in one row and that the README shows these rows)
+ROWS = [
+    ('digits_pretrain, digits',
+     'MLP pretrained on digits 0-4, fine-tuned (FT / L2-SP / RandReg / AdaRand) on 5-9 '
+     'with `n` per class'),
+    ('glyphs_pretrain, glyphs',
+     'Conv-4 on embedded `glyphs`: 7 scripts -> 3 other scripts, `n` per class (CPU scale)'),
+    ('glyphs_color32_pretrain, glyphs_color32',
+     'ResNet-18, source and target from disjoint scripts'),
+    ('caltech_birds2011, cars196, oxford_iiit_pet, oxford_flowers102, folder',
+     "ResNet-50 (`arch=resnet18` too) from a user's `.npz`, the official recipe "
+     '(RandomResizedCrop(224) + flip; Resize(256) + CenterCrop(224)), `fraction` of the '
+     'training split'),
+]
+
 PRESETS = {"digits_pretrain": digits_pretrain, "digits": digits,
            "glyphs_pretrain": glyphs_pretrain, "glyphs": glyphs,
            "glyphs_color32_pretrain": glyphs_color32_pretrain, "glyphs_color32": glyphs_color32,
@@ -186,4 +203,4 @@ PRESETS = {"digits_pretrain": digits_pretrain, "digits": digits,
 
 
 def get_config(arg=None):
-  return presets(arg, PRESETS, "digits", "configs/finetune.py")
+  return presets(arg, PRESETS, DEFAULT, "configs/finetune.py")

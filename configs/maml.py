@@ -1,4 +1,6 @@
-"""MAML / FOMAML / ANIL / BOIL presets (hyperparameters of Finn et al. 2017, see
+"""MAML / FOMAML / ANIL / BOIL presets: few-shot classification and sinusoid regression.
+
+Hyperparameters of Finn et al. 2017 (see
 shared/methods/meta_learning_and_sparse.md §1(d)); pick the variant with
 `--config.method=maml|fomaml|anil|boil`.
 
@@ -95,6 +97,18 @@ def tiny():
   return c
 
 
+DEFAULT = 'glyphs_5w1s'
+# the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog; a test checks
+# that every preset is in one row and that the README shows these rows)
+ROWS = [
+    ('glyphs_5w1s, glyphs_5w5s, glyphs_20w1s', 'Conv-4, embedded `glyphs` (Omniglot stand-in)'),
+    ('sinusoid', "MAML paper's sinusoid regression, MLP 1-40-40-1"),
+    ('omniglot_5w1s, omniglot_20w1s', 'Conv-4, TFDS `omniglot`, rotations as new classes'),
+    ('mini_imagenet_5w1s, mini_imagenet_5w5s',
+     'Conv-4 (32 filters), miniImageNet from `data.manual_dir`'),
+    ('tiny', 'a few steps on glyphs, for smoke tests'),
+]
+
 PRESETS = {
     "sinusoid": sinusoid,
     "glyphs_5w1s": lambda: _omniglot_like("glyphs", 5, 1),
@@ -109,4 +123,4 @@ PRESETS = {
 
 
 def get_config(arg=None):
-  return presets(arg, PRESETS, "glyphs_5w1s", "configs/maml.py")
+  return presets(arg, PRESETS, DEFAULT, "configs/maml.py")

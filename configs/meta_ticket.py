@@ -123,6 +123,16 @@ def sinusoid_hybrid(method="meta_ticket", rerand_rate=1.0):
   return c
 
 
+DEFAULT = 'glyphs_5w1s'
+# the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog; a test checks
+# that every preset is in one row and that the README shows these rows)
+ROWS = [
+    ('glyphs_5w1s, glyphs_5w5s', "Meta-ticket (or MAML) on MT's MLP x `factor`"),
+    ('omniglot_5w1s, omniglot_5w5s, mini_imagenet_5w1s, mini_imagenet_5w5s',
+     'TFDS omniglot; miniImageNet with ResNet-12'),
+    ('sinusoid_hybrid', '§2(g): only the 40x40 layer masked'),
+]
+
 PRESETS = {"glyphs_5w1s": glyphs_5w1s, "glyphs_5w5s": glyphs_5w5s,
            "omniglot_5w1s": omniglot_5w1s, "omniglot_5w5s": omniglot_5w5s,
            "mini_imagenet_5w1s": mini_imagenet_5w1s, "mini_imagenet_5w5s": mini_imagenet_5w5s,
@@ -130,4 +140,4 @@ PRESETS = {"glyphs_5w1s": glyphs_5w1s, "glyphs_5w5s": glyphs_5w5s,
 
 
 def get_config(arg=None):
-  return presets(arg, PRESETS, "glyphs_5w1s", "configs/meta_ticket.py")
+  return presets(arg, PRESETS, DEFAULT, "configs/meta_ticket.py")

@@ -1,5 +1,6 @@
-"""Generative regularisation presets: Base (`erm`), GDA, PCR and MGR with a frozen
-class-conditional generator (shared/methods/generative_and_finetuning.md §2).
+"""Generative regularisation presets: Base, GDA, PCR and MGR with a frozen generator.
+
+Base (`erm`), GDA, PCR and MGR with a frozen class-conditional generator (shared/methods/generative_and_finetuning.md §2).
 
   python -m jaxlab.main --config=configs/cgan.py:digits,steps=300 --workdir=runs/cgan_weak
   python -m jaxlab.main --config=configs/mgr.py:digits,method=mgr,fraction=0.05 \
@@ -110,6 +111,17 @@ def _resnet18(name, method, fraction, sampler, steps=20000):
   return c
 
 
+DEFAULT = 'digits'
+# the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog; a test checks
+# that every preset is in one row and that the README shows these rows)
+ROWS = [
+    ('digits',
+     'Base (`method=erm`) / GDA / PCR / MGR with a frozen `cgan` generator, `fraction` of '
+     'the training split, 2-conv CNN'),
+    ('glyphs16', 'the same on 100 glyphs characters at 16x16, `n` per character'),
+    ('glyphs_color32, cifar10', 'ResNet-18'),
+]
+
 PRESETS = {
     "digits": digits,
     "glyphs16": glyphs16,
@@ -121,4 +133,4 @@ PRESETS = {
 
 
 def get_config(arg=None):
-  return presets(arg, PRESETS, "digits", "configs/mgr.py")
+  return presets(arg, PRESETS, DEFAULT, "configs/mgr.py")

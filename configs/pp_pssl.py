@@ -1,4 +1,6 @@
-"""PP + P-SSL presets (shared/methods/generative_and_finetuning.md §4(g)): transfer from
+"""PP + P-SSL presets: transfer through a source generator and classifier.
+
+shared/methods/generative_and_finetuning.md §4(g): transfer from
 digits 0-4 (source, seen only through a generator and a classifier) to digits 5-9 (target,
 `n` labeled images per class) with a different architecture.
 
@@ -64,8 +66,17 @@ def digits(method="pssl", n=10, conditioning="target", steps=2000):
   return c
 
 
+DEFAULT = 'digits'
+# the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog; a test checks
+# that every preset is in one row and that the README shows these rows)
+ROWS = [
+    ('pp, digits',
+     "PP (a CNN trained on a digits 0-4 generator's samples) and P-SSL on digits 5-9 with "
+     '`n` per class (`method=pssl`, `erm` or `kd`, `conditioning=target` or `uniform`)'),
+]
+
 PRESETS = {"pp": pp, "digits": digits}
 
 
 def get_config(arg=None):
-  return presets(arg, PRESETS, "digits", "configs/pp_pssl.py")
+  return presets(arg, PRESETS, DEFAULT, "configs/pp_pssl.py")

@@ -91,8 +91,18 @@ def cifar10(method="pgd_at", eps=8 / 255, arch="resnet18"):
   return c
 
 
+DEFAULT = 'digits'
+# the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog; a test checks
+# that every preset is in one row and that the README shows these rows)
+ROWS = [
+    ('digits',
+     'PGD-AT / TRADES / SOVR / GAIRAT / MAIL / ARREST / standard training, eps 0.1, robust'
+     ' evaluation, margin histograms'),
+    ('glyphs_color32, cifar10', 'eps 8/255; `arch=resnet18`, `wrn34_10` or `wrn28_10`'),
+]
+
 PRESETS = {"digits": digits, "glyphs_color32": glyphs_color32, "cifar10": cifar10}
 
 
 def get_config(arg=None):
-  return presets(arg, PRESETS, "digits", "configs/robust.py")
+  return presets(arg, PRESETS, DEFAULT, "configs/robust.py")

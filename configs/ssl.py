@@ -1,4 +1,6 @@
-"""Semi-supervised presets: `fixmatch` with real unlabeled data, `meta_gen_ssl` with
+"""Semi-supervised presets: FixMatch, meta-generated unlabeled data, supervised baseline.
+
+`fixmatch` with real unlabeled data, `meta_gen_ssl` with
 meta-optimised generated ones, and their supervised-only baseline (`method=erm` on the same
 labeled subset); shared/methods/generative_and_finetuning.md §3 (and its real-unlabeled
 oracle, §3(g)) and §4 (the SSL algorithm of P-SSL).
@@ -101,6 +103,18 @@ def _cifar_like(name, method, labels, steps, model, num_classes, latent_dim):
   return c
 
 
+DEFAULT = 'digits'
+# the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog; a test checks
+# that every preset is in one row and that the README shows these rows)
+ROWS = [
+    ('digits',
+     'FixMatch (or `method=erm`, supervised only; `method=meta_gen_ssl`, generated '
+     'unlabeled data only) with `labels` per class, the rest of the split unlabeled'),
+    ('glyphs_color32, cifar10, cifar100',
+     'ResNet-18; WRN-28-2 at 4 / 25 / 400 labels per class; WRN-28-8 on CIFAR-100; '
+     '`method=meta_gen_ssl` with a user-supplied `cgan` run as the generator'),
+]
+
 PRESETS = {
     "digits": digits,
     "glyphs_color32": lambda method="fixmatch", labels=4, steps=20000: _cifar_like(
@@ -116,4 +130,4 @@ PRESETS = {
 
 
 def get_config(arg=None):
-  return presets(arg, PRESETS, "digits", "configs/ssl.py")
+  return presets(arg, PRESETS, DEFAULT, "configs/ssl.py")

@@ -1,4 +1,6 @@
-"""Edge-popup / IteRand presets (shared/methods/meta_learning_and_sparse.md §3), with the
+"""Edge-popup / IteRand presets: supermasks over random weights, and weight training.
+
+shared/methods/meta_learning_and_sparse.md §3, with the
 weight-trained reference (`method=erm`: plain SGD on the same network).
 
   python -m jaxlab.main --config=configs/supermask.py:digits_mlp,method=iterand,width=0.5 \\
@@ -94,9 +96,18 @@ def cifar10_resnet18(method="edge_popup", width=1.0, sparsity=0.6, rerand_rate=0
   return c
 
 
+DEFAULT = 'digits_mlp'
+# the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog; a test checks
+# that every preset is in one row and that the README shows these rows)
+ROWS = [
+    ('digits_mlp', 'edge-popup / IteRand / SGD on a bias-free MLP, embedded digits'),
+    ('glyphs_color32_conv6', 'Conv-6 on embedded `glyphs/color32`'),
+    ('cifar10_conv6, cifar10_resnet18', 'TFDS `cifar10`'),
+]
+
 PRESETS = {"digits_mlp": digits_mlp, "glyphs_color32_conv6": glyphs_color32_conv6,
            "cifar10_conv6": cifar10_conv6, "cifar10_resnet18": cifar10_resnet18}
 
 
 def get_config(arg=None):
-  return presets(arg, PRESETS, "digits_mlp", "configs/supermask.py")
+  return presets(arg, PRESETS, DEFAULT, "configs/supermask.py")

@@ -60,10 +60,43 @@ def parse(argv: Sequence[str]) -> Tuple[config_lib.ConfigDict, str, str]:
   return config, flag_values.workdir, flag_values.verbosity
 
 
+COMMANDS = """Other commands:
+  jaxlab presets [FILE]          the presets of every config file (or of FILE), with what they run
+  jaxlab methods                 the method families, their papers and variants
+  jaxlab plot WORKDIR... [--out=FILE.png] [--metrics=train/loss,test/accuracy]
+                                 curves from the runs' metrics.jsonl (seeds of one config as a band)
+"""
+
+
+def _help() -> str:
+  from jaxlab import catalog  # pylint: disable=g-import-not-at-top
+  files = "\n".join(f"  {p:24s} {catalog.describe(p)}" for p in catalog.config_files())
+  return f"{__doc__}\nConfig files:\n{files}\n\n{COMMANDS}"
+
+
+def _command(name: str, args: List[str]) -> int:
+  """`jaxlab presets|methods|plot ...`."""
+  from jaxlab import catalog, plots  # pylint: disable=g-import-not-at-top
+  try:
+    if name == "presets":
+      if len(args) > 1:
+        raise UserError("jaxlab presets takes at most one config file")
+      print(catalog.presets_text(args[0] if args else ""))
+    elif name == "methods":
+      print(catalog.methods_text())
+    else:
+      print(plots.main(args))
+  except UserError as e:
+    return _fail(str(e), e.exit_code)
+  return 0
+
+
 def cli(argv: List[str]) -> int:
   """Runs one command line; returns the exit code (what `jaxlab` exits with)."""
-  if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
-    print(__doc__)
+  if len(argv) > 1 and argv[1] in ("presets", "methods", "plot"):
+    return _command(argv[1], argv[2:])
+  if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]) or len(argv) == 1:
+    print(_help())
     return 0
   try:
     config, workdir, verbosity = parse(argv)

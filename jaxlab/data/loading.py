@@ -9,14 +9,17 @@ images and split files in `manual_dir`. The data directory is, in order:
 (`~/tensorflow_datasets` or `$TFDS_DATA_DIR`).
 """
 
+import contextlib
 import functools
 import importlib
+import io
 import os
 import socket
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from jaxlab.data import sources
 from jaxlab.errors import UserError
@@ -40,7 +43,8 @@ def get_builder(name: str, data_dir: Optional[str] = None, download: bool = Fals
   if base in BUILDERS:
     importlib.import_module(BUILDERS[base])
   try:
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    with _quiet(base in BUILDERS):  # a fresh embedded builder warns of its missing info file
+      builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(
         f"unknown dataset {name!r}; embedded datasets: {', '.join(sorted(EMBEDDED))} "
@@ -51,20 +55,41 @@ def get_builder(name: str, data_dir: Optional[str] = None, download: bool = Fals
       raise UserError(f"unknown configuration in dataset {name!r}; valid: "
                       + ", ".join(f"{base}/{c}" for c in configs)) from None
     raise
-  if not builder.is_prepared() and (base in BUILDERS or download):
+  with _quiet(base in BUILDERS):
+    prepared = builder.is_prepared()
+  if not prepared and (base in BUILDERS or download):
     if base not in BUILDERS:  # a real download: say so, and fail fast without a network
       _check_network(name)
       where = data_dir or "the TFDS default directory"
       print(f"jaxlab: downloading and preparing {name!r} into {where} (data.download=True); "
             "this can take long", flush=True)
+    else:  # TFDS would announce a "download" of "Unknown size"
+      print(f"jaxlab: building the dataset {_display_name(builder)!r} in "
+            f"{builder.data_dir} (once; later runs read it)", flush=True)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     try:
-      builder.download_and_prepare(file_format="array_record", download_config=config)
+      with _quiet(base in BUILDERS):
+        builder.download_and_prepare(file_format="array_record", download_config=config)
     except AssertionError as e:
       if "Manual directory" not in str(e):
         raise
       raise UserError(" ".join(str(e).split()) + " Point --config.data.manual_dir at it.") from None
   return builder
+
+
+@contextlib.contextmanager
+def _quiet(active: bool):
+  """Silences TFDS's prints and absl warnings while jaxlab builds its own datasets."""
+  if not active:
+    yield
+    return
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def _check_network(name: str, host: str = "storage.googleapis.com", timeout: float = 5.0):

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Dict
@@ -160,6 +161,28 @@ class _Selection:
             **{f"selected/{k}": v for k, v in self.best["metrics"].items()}}
 
 
+def _interactive() -> bool:
+  return sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
+
+
+def _logger(lead: bool):
+  """Progress lines: printed by the lead process, above the progress bar on a terminal."""
+  if not lead:
+    return lambda *a, **k: None
+  if _interactive():
+    import tqdm  # pylint: disable=g-import-not-at-top
+    return lambda message: tqdm.tqdm.write(message)
+  return functools.partial(print, flush=True)
+
+
+def _progress_bar(lead: bool, start: int, total: int):
+  """A tqdm bar of the training steps on a terminal; None in logs and CI (plain lines)."""
+  if not (lead and _interactive() and total > start):
+    return None
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, leave=False)
+
+
 def _closing(feed):
   """Closes a streamed feed (its grain worker processes) however the loop leaves it."""
   return contextlib.closing(feed) if hasattr(feed, "close") else contextlib.nullcontext(feed)
@@ -215,7 +238,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   workdir_lib.check(workdir, config)
   sharding.initialize_distributed(config)  # before anything asks JAX about devices
   lead = jax.process_index() == 0
-  log = functools.partial(print, flush=True) if lead else (lambda *a, **k: None)
+  log = _logger(lead)
   finished = workdir_lib.finished_results(workdir, config)
   if finished is not None:
     log(f"jaxlab: {workdir} holds a finished run (step {finished['step']}); nothing to do; "
@@ -283,6 +306,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   pending = checkpoints.notes(start).get("pending_metrics", []) if restored else []
   writer = MetricWriter(workdir, resume_step=start if restored else None)
 
+  compiled_eval = set()
+
   def evaluate(state) -> Dict[str, float]:
     results = {}
     for split in eval_splits:
@@ -292,7 +317,15 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
       with _closing(feed):
         for index, data in zip(range(batches), feed):
           key = streams.eval_batch_key(config.seed, split, index)
+          first = split not in compiled_eval
+          if first:  # (an attack-heavy evaluation can take minutes to compile)
+            log(f"evaluating {split}: compiling the evaluation step")
+            compiling = time.time()
           out, mask = jax.device_get(eval_fn(state, data, jnp.int32(index), key))
+          if first:
+            compiled_eval.add(split)
+            log(f"evaluating {split}: compiled and ran batch 1/{batches} in "
+                f"{time.time() - compiling:.1f} s")
           outputs.append(out)
           masks.append(mask)
           now = time.time()
@@ -315,12 +348,18 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   final_train_path = os.path.join(workdir, "final_train_metrics.json")
   started, last_time, last_step = time.time(), time.time(), start
   metrics = {}
+  bar = _progress_bar(lead, start, total)
   try:
     with _StopSignals() as signals, _closing(task.train_feed(mesh, start, total)) as feed:
       for step, train_data in zip(range(start, total), feed):
         state, metrics = train_fn(state, train_data)
-        if sync_each_step:
+        if sync_each_step or step == start:
           jax.block_until_ready(metrics)
+        if step == start:  # the rates below leave the compilation out
+          log(f"jaxlab: compiled and ran the train step in {time.time() - last_time:.1f} s")
+          last_time, last_step = time.time(), step + 1
+        if bar:
+          bar.update(1)
         pending.append(metrics)
         done = step + 1
         final = done == total
@@ -335,12 +374,13 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
         if log_now:
           pending = []
           now = time.time()
-          rate = (done - last_step) / max(now - last_time, 1e-9)
+          rate = (done - last_step) / max(now - last_time, 1e-9) if done > last_step else None
           last_time, last_step = now, done
-          writer.write(done, "train", {**means, "steps_per_sec": rate})
+          writer.write(done, "train", {**means, **({"steps_per_sec": rate} if rate else {})})
           shown = " ".join(f"{k} {v:.4g}" for k, v in means.items())
-          log(f"step {done}/{total} | {shown} | {rate:.1f} steps/s | "
-              f"ETA {_eta((total - done) / max(rate, 1e-9))}")
+          speed = (f"{rate:.1f} steps/s | ETA {_eta((total - done) / max(rate, 1e-9))}"
+                   if rate else "compiling")
+          log(f"step {done}/{total} | {shown} | {speed}")
         if do_eval:
           evaluation = evaluate(state)
           selection.offer(done, evaluation)
@@ -356,6 +396,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
         if final and lead:  # for results.json, should the final evaluation be cut short
           _write_json(final_train_path, window_means(
               {k: np.asarray(v)[None] for k, v in jax.device_get(metrics).items()}))
+        if do_eval or do_save:  # the next rate counts training steps only
+          last_time = time.time()
         if stop:
           name = signal.Signals(signals.received).name
           raise Interrupted(f"interrupted ({name}) at step {done}; the checkpoint at step "
@@ -377,6 +419,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
       results.update(method.report(state, task, workdir, config=config, spec=spec,
                                    write_files=lead))
   finally:
+    if bar:
+      bar.close()
     checkpoints.close()
     writer.close()
   if lead:
