@@ -9,6 +9,7 @@ size is fixed: `len(metrics) * 450` x 320.
 
 import json
 import os
+import re
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -45,7 +46,9 @@ def _config_without_seed(workdir: str) -> str:
     config = json.load(f)
   config.pop("seed", None)
   config.pop("provenance", None)
-  return json.dumps(config, sort_keys=True)
+  # a per-seed input (a fine-tune of the pretraining of the same seed) names its run
+  # .../seed<k>: the same config for this purpose
+  return re.sub(r"seed\d+", "seed*", json.dumps(config, sort_keys=True))
 
 
 def group_runs(workdirs: Sequence[str]) -> Dict[str, List[str]]:

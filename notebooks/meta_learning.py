@@ -102,5 +102,6 @@ fig, ax = plt.subplots(figsize=(5, 3))
 ax.plot(meta_losses)
 ax.set(xlabel="meta-step", ylabel="query loss after adaptation (by hand)")
 fig.savefig(f"{RUNS}/meta_by_hand.png", dpi=100, bbox_inches="tight")
+plt.close(fig)  # shown once, from the file below
 from IPython.display import Image, display
 display(Image(f"{RUNS}/meta_curves.png"))

@@ -91,5 +91,6 @@ fig, ax = plt.subplots(figsize=(5, 3))
 ax.plot(range(1, STEPS + 1), losses)
 ax.set(xlabel="step", ylabel="train loss (by hand)", yscale="log")
 fig.savefig(f"{RUNS}/quickstart_by_hand.png", dpi=100, bbox_inches="tight")
+plt.close(fig)  # shown once, from the file below
 from IPython.display import Image, display
 display(Image(f"{RUNS}/quickstart_curves.png"))

@@ -86,4 +86,5 @@ ax.axvline(0.1, color="grey", linestyle=":", label="training radius")
 ax.set(xlabel="l-inf radius (pixels in [0, 1])", ylabel="PGD-10 accuracy", ylim=(0, 1))
 ax.legend()
 fig.savefig(f"{RUNS}/robustness_radii.png", dpi=100, bbox_inches="tight")
+plt.close(fig)  # shown once, from the file below
 display(Image(f"{RUNS}/robustness_radii.png"))
