@@ -1,5 +1,5 @@
 """Class-conditional GAN presets (`cgan`): the frozen generators of GDA / PCR / MGR
-(shared/methods/generative_and_finetuning.md §0.4, §2).
+(docs/specs/generative_and_finetuning.md §0.4, §2).
 
   python -m jaxlab.main --config=configs/erm.py:digits --workdir=runs/digits_classifier
   python -m jaxlab.main --config=configs/cgan.py:digits \

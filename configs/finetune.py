@@ -1,5 +1,5 @@
 """Fine-tuning presets: pretraining, then FT / L2-SP / RandReg / AdaRand on a target task
-(shared/methods/generative_and_finetuning.md §1, §0.4).
+(docs/specs/generative_and_finetuning.md §1, §0.4).
 
   python -m jaxlab.main --config=configs/finetune.py:digits_pretrain --workdir=runs/source
   python -m jaxlab.main --config=configs/finetune.py:digits,method=adarand,n=10 \

@@ -1,7 +1,7 @@
 """MAML / FOMAML / ANIL / BOIL presets: few-shot classification and sinusoid regression.
 
 Hyperparameters of Finn et al. 2017 (see
-shared/methods/meta_learning_and_sparse.md §1(d)); pick the variant with
+docs/specs/meta_learning_and_sparse.md §1(d)); pick the variant with
 `--config.method=maml|fomaml|anil|boil`.
 
   python -m jaxlab.main --config=configs/maml.py:glyphs_5w1s --workdir=runs/maml_glyphs_5w1s

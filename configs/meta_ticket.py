@@ -1,5 +1,5 @@
 """Meta-ticket presets, with MAML on the same networks for comparison
-(shared/methods/meta_learning_and_sparse.md §2).
+(docs/specs/meta_learning_and_sparse.md §2).
 
   python -m jaxlab.main --config=configs/meta_ticket.py:glyphs_5w1s,factor=4 --workdir=runs/mt
   python -m jaxlab.main --config=configs/meta_ticket.py:glyphs_5w1s,factor=4,method=maml ...

@@ -1,6 +1,6 @@
 """Generative regularisation presets: Base, GDA, PCR and MGR with a frozen generator.
 
-Base (`erm`), GDA, PCR and MGR with a frozen class-conditional generator (shared/methods/generative_and_finetuning.md §2).
+Base (`erm`), GDA, PCR and MGR with a frozen class-conditional generator (docs/specs/generative_and_finetuning.md §2).
 
   python -m jaxlab.main --config=configs/cgan.py:digits,steps=300 --workdir=runs/cgan_weak
   python -m jaxlab.main --config=configs/mgr.py:digits,method=mgr,fraction=0.05 \

@@ -1,6 +1,6 @@
 """PP + P-SSL presets: transfer through a source generator and classifier.
 
-shared/methods/generative_and_finetuning.md §4(g): transfer from
+docs/specs/generative_and_finetuning.md §4(g): transfer from
 digits 0-4 (source, seen only through a generator and a classifier) to digits 5-9 (target,
 `n` labeled images per class) with a different architecture.
 

@@ -1,4 +1,4 @@
-"""Adversarial robustness presets (shared/methods/robustness_tta_merging.md §1-§3).
+"""Adversarial robustness presets (docs/specs/robustness_tta_merging.md §1-§3).
 
   python -m jaxlab.main --config=configs/robust.py:digits,method=trades --workdir=runs/trades
   python -m jaxlab.main --config=configs/robust.py:digits,method=arrest \

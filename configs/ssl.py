@@ -2,7 +2,7 @@
 
 `fixmatch` with real unlabeled data, `meta_gen_ssl` with
 meta-optimised generated ones, and their supervised-only baseline (`method=erm` on the same
-labeled subset); shared/methods/generative_and_finetuning.md §3 (and its real-unlabeled
+labeled subset); docs/specs/generative_and_finetuning.md §3 (and its real-unlabeled
 oracle, §3(g)) and §4 (the SSL algorithm of P-SSL).
 
   python -m jaxlab.main --config=configs/ssl.py:digits,labels=2 --workdir=runs/fixmatch_k2

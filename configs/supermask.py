@@ -1,6 +1,6 @@
 """Edge-popup / IteRand presets: supermasks over random weights, and weight training.
 
-shared/methods/meta_learning_and_sparse.md §3, with the
+docs/specs/meta_learning_and_sparse.md §3, with the
 weight-trained reference (`method=erm`: plain SGD on the same network).
 
   python -m jaxlab.main --config=configs/supermask.py:digits_mlp,method=iterand,width=0.5 \\

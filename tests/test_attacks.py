@@ -1,4 +1,4 @@
-"""Attacks (shared/methods/robustness_tta_merging.md §3(g)): threat-model projections, DLR's
+"""Attacks (docs/specs/robustness_tta_merging.md §3(g)): threat-model projections, DLR's
 invariance, APGD's schedule and monotone best loss, and exact answers on linear models,
 whose l-inf robustness has a closed form."""
 

@@ -1,4 +1,4 @@
-"""Fine-tuning regularisers (shared/methods/generative_and_finetuning.md §1(g) unit tests),
+"""Fine-tuning regularisers (docs/specs/generative_and_finetuning.md §1(g) unit tests),
 the feature statistics, the target split and the group protocol's model selection."""
 
 import json

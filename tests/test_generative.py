@@ -1,5 +1,5 @@
 """The conditional GAN, its quality score, and GDA / PCR / MGR with the one-step look-ahead
-meta-gradient (shared/methods/generative_and_finetuning.md §0.4, §2(g))."""
+meta-gradient (docs/specs/generative_and_finetuning.md §0.4, §2(g))."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""FixMatch (shared/methods/generative_and_finetuning.md §3(g) oracle, §4 P-SSL's SSL step):
+"""FixMatch (docs/specs/generative_and_finetuning.md §3(g) oracle, §4 P-SSL's SSL step):
 the pseudo-label loss against numpy, cutout, and the unlabeled branch entering only
 through its weight; PP + P-SSL (§4(g) unit tests): one-hot conditioning, frozen G_s and C_s,
 PP independent of real data."""

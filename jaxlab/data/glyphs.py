@@ -4,7 +4,7 @@ Characters of 15 scripts (alphabets) are rendered from the TrueType faces that
 ship inside the matplotlib wheel (DejaVu Sans / Serif / Sans Mono and
 STIXGeneral, four cuts each), with a random covering face, size, rotation,
 shift, stroke width and pixel noise per instance; 20 instances per character.
-This is the Omniglot stand-in of shared/methods/meta_learning_and_sparse.md
+This is the Omniglot stand-in of docs/specs/meta_learning_and_sparse.md
 §1(g) (Omniglot itself: Lake et al. 2015).
 
 Which characters are used, and why:

@@ -1,6 +1,6 @@
 """Adversarial attacks as pure, jittable functions.
 
-Spec: shared/methods/robustness_tta_merging.md §3. FGSM (Goodfellow et al., arXiv
+Spec: docs/specs/robustness_tta_merging.md §3. FGSM (Goodfellow et al., arXiv
 1412.6572), PGD with l-inf or l-2 balls and random start (Madry et al., arXiv 1706.06083),
 APGD with the cross-entropy, DLR and targeted-DLR losses and its published step-size
 schedule, momentum and checkpoints, and "AA-lite" = APGD-CE then APGD-T keeping the worst

@@ -8,7 +8,7 @@ scoring the adapted ones on its query set (`adapt_and_evaluate`), the per-episod
 ANIL / BOIL). Used by the MAML family (`methods/maml.py`) and Meta-ticket
 (`methods/supermask.py`); closed-form meta-learners reuse `over_tasks` with another solver.
 
-Spec: shared/methods/meta_learning_and_sparse.md §1. BatchNorm is the transductive
+Spec: docs/specs/meta_learning_and_sparse.md §1. BatchNorm is the transductive
 batch-statistics kind (§0.4 B1): the support pass and the query pass normalise with their
 own statistics. `meta.inner_frozen` adds path substrings that never adapt, e.g.
 "BatchStatNorm" for MAML-TF's convention of BN offsets learned only by the outer loop

@@ -17,7 +17,7 @@ when it is part of what the outer loop differentiates). `trainable` (a pytree
 of bools, see `path_mask`) picks the leaves that adapt: the others are not
 differentiated in the inner loop and come back unchanged (inner lr 0), while
 the outer gradient still reaches them through the inner losses. ANIL adapts
-the head only, BOIL the body only (shared/methods/meta_learning_and_sparse.md
+the head only, BOIL the body only (docs/specs/meta_learning_and_sparse.md
 §1). Steps run as a Python loop (`unroll=True`, the default: XLA sees every
 step) or as `lax.scan` (one compiled step; better for many steps).
 """

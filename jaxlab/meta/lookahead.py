@@ -1,7 +1,7 @@
 """The one-step look-ahead meta-gradient of bilevel methods whose meta-parameters phi enter
 only the inner loss (MGR's finder network, meta-optimised latents for SSL).
 
-Spec: shared/methods/generative_and_finetuning.md §0.4. With the inner update
+Spec: docs/specs/generative_and_finetuning.md §0.4. With the inner update
 
     theta'(phi) = theta - eta * grad_theta L_inner(theta, phi)     (one step of `adapt`)
 

@@ -32,7 +32,7 @@ Papers and variants:
             - max_{k != y} p_k(x'_i), w_i = sigmoid(-gamma (PM_i - beta)), gamma =
             `importance.mail_gamma`, beta = `importance.mail_beta` (our defaults 10 and 0:
             [R], the paper's values were not read).
-Spec: shared/methods/robustness_tta_merging.md §2-§3. The attacks run with the model in eval
+Spec: docs/specs/robustness_tta_merging.md §2-§3. The attacks run with the model in eval
 mode (BatchNorm running statistics), the choice of this codebase; `adv.attack_train_mode=True`
 attacks with batch statistics as much Madry-style code does (§3(h)1). Evaluation is the
 classifier's (`jaxlab.eval.classification`), with robust accuracies from `adv.eval_attacks`.

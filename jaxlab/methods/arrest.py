@@ -2,7 +2,7 @@
 replay (ARREST, Suzuki et al., ICCV 2023, arXiv 2308.16454).
 
 Variants: `arrest` (no bound options; its four arms of §1(g) are config flags).
-Spec: shared/methods/robustness_tta_merging.md §1. Only the abstract could be read, so the
+Spec: docs/specs/robustness_tta_merging.md §1. Only the abstract could be read, so the
 losses are the spec's reconstruction ([R]); every open choice is a flag in `config.arrest`:
   AFT    the run starts from a standardly trained model (`init_from`, required), which
          also stays, frozen, as the teacher (the input `teacher`, in `state.frozen`; by

@@ -2,7 +2,7 @@
 frozen generator.
 
 Variants: `cgan`.
-Spec: shared/methods/generative_and_finetuning.md §0.4 (conditional generator interface) and
+Spec: docs/specs/generative_and_finetuning.md §0.4 (conditional generator interface) and
 §2(g) (a tiny conditional GAN trained on the full digits training split). Model: conditional-
 BatchNorm generator and projection discriminator with spectral normalisation
 (`jaxlab.models.gan`). Loss: the hinge loss (Lim & Ye 2017, arXiv 1705.02894; as SNGAN and

@@ -14,7 +14,7 @@ Papers and variants (bound option `regulariser`):
               their means follow running class means (intra term) and are pushed to mutual
               orthogonality (inter term) by their own Adam optimiser, after each classifier
               step.
-Spec: shared/methods/generative_and_finetuning.md §0.4 and §1 (AdaRand exact from the
+Spec: docs/specs/generative_and_finetuning.md §0.4 and §1 (AdaRand exact from the
 official updaters). A run starts from a pretrained backbone
 (`init_from`, with `init_skip="params/head"`): the head is new, W ~ N(0, 0.01^2), b = 0.
 Per step, in the official order:

@@ -12,7 +12,7 @@ Papers and variants (bound options `regulariser` and the default `sampler`):
          one-step look-ahead (regulariser pcr, sampler finder).
 The frozen generator is the input `generator` (`inputs.generator`: a `cgan` run on the task's
 classes, e.g. configs/cgan.py:digits), in `state.frozen`.
-Spec: shared/methods/generative_and_finetuning.md §2 and §0.4. The paper's loss details are
+Spec: docs/specs/generative_and_finetuning.md §2 and §0.4. The paper's loss details are
 not retrieved ([N]); what is here is the spec's reconstruction [R], every open choice a
 `config.generative` flag.
 

@@ -10,7 +10,7 @@ Papers:
   `boil`    BOIL, Oh, Yoo, Kim, Yun, ICLR 2021 (arXiv 2008.08882): the inner loop adapts
             everything but the head; the head is learned by the outer loop alone.
 Bound options: `first_order` (False for all but fomaml) and `adapt` ("all" | "head" | "body").
-Spec: shared/methods/meta_learning_and_sparse.md §1.
+Spec: docs/specs/meta_learning_and_sparse.md §1.
 
 One outer step (§1(c)): for every task of the meta-batch, adapt the meta-parameters theta on
 the support set (`meta.train_steps` steps of `jaxlab.meta.adapt`), evaluate the adapted

@@ -3,7 +3,7 @@ a frozen conditional generator, with no real unlabeled image.
 
 Variants: `meta_gen_ssl` (the full method and, by flag, its non-meta arms of §3(g)).
 Yamaguchi, "Generative Semi-supervised Learning with Meta-Optimized Synthetic Samples"
-(ACML 2023, arXiv 2309.16143); spec: shared/methods/generative_and_finetuning.md §3. The
+(ACML 2023, arXiv 2309.16143); spec: docs/specs/generative_and_finetuning.md §3. The
 paper's method name and loss details were not retrieved ([N]); what is here is the spec's
 reconstruction [R], each open choice a `config.meta_gen_ssl` flag.
 

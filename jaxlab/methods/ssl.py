@@ -3,7 +3,7 @@
 Papers and variants:
   `fixmatch`  FixMatch, Sohn et al., NeurIPS 2020 (arXiv 2001.07685): thresholded
               pseudo-labels on real unlabeled images; the SSL baseline of
-              shared/methods/generative_and_finetuning.md §3 (the real-unlabeled oracle) and
+              docs/specs/generative_and_finetuning.md §3 (the real-unlabeled oracle) and
               the SSL algorithm of §4's P-SSL;
   `pssl`      P-SSL, the second stage of PP + P-SSL, Yamaguchi et al., "Transfer Learning with
               Pre-trained Conditional Generative Models" (arXiv 2204.12833; §4): FixMatch whose

@@ -15,7 +15,7 @@ Papers and variants:
                  2205.15619): a supermask meta-learned through MAML's inner loop.
 Bound option: `rerandomize` (edge_popup False, iterand True); meta_ticket has its own task,
 init and steps (episodic, `jaxlab.meta.episodic`).
-Spec: shared/methods/meta_learning_and_sparse.md §3 (edge-popup, IteRand) and §2 (Meta-ticket).
+Spec: docs/specs/meta_learning_and_sparse.md §3 (edge-popup, IteRand) and §2 (Meta-ticket).
 
 edge_popup / iterand config (`config.supermask`): policy, sparsity (fraction pruned per
 layer), include / exclude (path keywords of the masked kernels; default every kernel, the head

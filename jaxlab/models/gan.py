@@ -2,7 +2,7 @@
 with spectral normalisation (the SNGAN/BigGAN family: Miyato et al. 2018, arXiv 1802.05957;
 Miyato & Koyama 2018, arXiv 1802.05637; Brock et al. 2019, arXiv 1809.11096).
 
-The frozen conditional generator `G(z, c) -> x` of shared/methods/generative_and_finetuning.md
+The frozen conditional generator `G(z, c) -> x` of docs/specs/generative_and_finetuning.md
 §0.4: `c` is a one-hot class vector or a probability vector. Every place `c` enters is linear
 in it (the first layer sees concat(z, c); conditional BatchNorm's gain and shift are c @ W),
 so a soft `c` is the convex combination of the class embeddings and a one-hot `c` is hard

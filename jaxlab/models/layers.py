@@ -1,6 +1,6 @@
 """Dense and conv layers with selectable initialisers, and batch-statistics BatchNorm.
 
-Initialisers (shared/methods/meta_learning_and_sparse.md §0.4 B4), with
+Initialisers (docs/specs/meta_learning_and_sparse.md §0.4 B4), with
 fan_in = input features (Dense, kernel (in, out)) or in_channels x kernel area
 (Conv, kernel HWIO):
   `flax`            kernel lecun_normal, bias 0 (Flax's default).

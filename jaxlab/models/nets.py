@@ -6,7 +6,7 @@ optional per-channel `mean`/`std`, and return logits, or with
 `intermediates/features`, so `models.logits_and_features` gets both from one pass). The
 head is the submodule named `head`, so methods can tell body from head by parameter path
 (ANIL/BOIL, fine-tuning).
-Conv-4 variants (shared/methods/meta_learning_and_sparse.md §1(e)):
+Conv-4 variants (docs/specs/meta_learning_and_sparse.md §1(e)):
   `strided` MAML-TF Omniglot: 4 x [3x3 conv stride 2 SAME -> BN -> ReLU],
             spatial mean, linear head.
   `pool`    torchmeta/BOIL: 4 x [3x3 conv pad 1 -> BN -> ReLU -> 2x2 max-pool],
@@ -140,7 +140,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet12(nn.Module):
-  """ResNet-12 of BOIL / Meta-ticket (shared/methods/meta_learning_and_sparse.md §1(e)):
+  """ResNet-12 of BOIL / Meta-ticket (docs/specs/meta_learning_and_sparse.md §1(e)):
   4 stages of widths 64-128-256-512 (x `width`/64), each 3 x [3x3 conv (no bias) -> BN],
   LeakyReLU(0.1) after the first two, a 1x1 conv + BN projection shortcut, add ->
   LeakyReLU -> 2x2 max-pool; global average pool; linear head. BN uses batch statistics
@@ -280,7 +280,7 @@ class ConvNet(nn.Module):
   """A small CNN: per entry of `channels`, [3x3 conv pad 1 -> norm -> ReLU -> 2x2 max-pool]
   (the pool skipped once the map is 1 pixel), then the global average as features
   (d = channels[-1]) and a linear head. Default: the 2-conv CNN (d = 64) of the MGR
-  small-scale reproduction (shared/methods/generative_and_finetuning.md §2(g))."""
+  small-scale reproduction (docs/specs/generative_and_finetuning.md §2(g))."""
   num_classes: int
   channels: Sequence[int] = (32, 64)
   norm: str = "none"

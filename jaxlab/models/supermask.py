@@ -2,7 +2,7 @@
 
 Shared by edge-popup (Ramanujan et al. 2020, arXiv 1911.13299), IteRand (Chijiwa
 et al. 2021, arXiv 2106.09269) and Meta-ticket (Chijiwa et al. 2022, arXiv
-2205.15619); building blocks B2-B5 of shared/methods/meta_learning_and_sparse.md §0.4.
+2205.15619); building blocks B2-B5 of docs/specs/meta_learning_and_sparse.md §0.4.
 
 Masking is a transformation of a model's parameter pytree, so every model in
 `jaxlab.models` (MLP, Conv-4, Conv-6, ResNet-18) becomes a masked network without
