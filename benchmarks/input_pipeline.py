@@ -60,9 +60,10 @@ class PeakMemory:
       try:
         tree = [self.process] + self.process.children(recursive=True)
         self.peak = max(self.peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-      except psutil.Error:
-        pass
-      time.sleep(0.05)
+      except psutil.Error:  # a worker ended between the listing and the reading: sample again
+        continue
+      finally:
+        time.sleep(0.05)
 
   def __enter__(self):
     self._thread.start()
