@@ -52,14 +52,21 @@ def _config_without_seed(workdir: str) -> str:
 
 
 def group_runs(workdirs: Sequence[str]) -> Dict[str, List[str]]:
-  """{label: workdirs} with the seeds of one config together (labelled by the first run's
-  directory name, "+ k seeds" when there are several)."""
+  """{label: workdirs} with the seeds of one config together. A label is made of the path
+  components that tell the groups apart (e.g. "edge_popup/w1"), else the run's directory
+  (its parent for a seed<k> directory), plus "(k seeds)" when there are several."""
   groups: Dict[str, List[str]] = {}
   for workdir in workdirs:
     groups.setdefault(_config_without_seed(workdir), []).append(workdir)
+  paths = [os.path.normpath(runs[0]).split(os.sep) for runs in groups.values()]
+  differing = [i for i in range(min(map(len, paths)))
+               if len({p[i] for p in paths}) > 1] if len(paths) > 1 else []
   labels = {}
-  for runs in groups.values():
-    name = os.path.basename(os.path.normpath(runs[0]))
+  for parts, runs in zip(paths, groups.values()):
+    if differing:
+      name = "/".join(parts[i] for i in differing)
+    else:
+      name = parts[-2] if re.fullmatch(r"seed\d+", parts[-1]) and len(runs) > 1 else parts[-1]
     labels[name if len(runs) == 1 else f"{name} ({len(runs)} seeds)"] = runs
   return labels
 
