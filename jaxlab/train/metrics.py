@@ -11,6 +11,7 @@ checkpoint, so a killed run loses none that its checkpoint covers.
 import json
 import math
 import os
+import time
 from typing import Dict, Optional
 
 import jax
@@ -19,6 +20,19 @@ import jax
 def _clean(value):
   value = float(value)
   return value if math.isfinite(value) else str(value)
+
+
+def _after_earlier_events(directory: str) -> None:
+  """Waits, if need be, until the clock is past the second of the newest event file in
+  `directory`. TensorBoard orders event files by name, which starts with the second the file
+  was opened in, and its files are numbered per run: a resumed run that opened its first file
+  in the same second as the interrupted run would take that run's name and overwrite it."""
+  if not os.path.isdir(directory):
+    return
+  seconds = [int(n.split(".")[3]) for n in os.listdir(directory)
+             if n.startswith("events.out.tfevents.") and n.split(".")[3].isdigit()]
+  while seconds and time.time() < max(seconds) + 1:
+    time.sleep(0.05)
 
 
 class MetricWriter:
@@ -42,6 +56,7 @@ class MetricWriter:
       with open(self.path, "w") as f:
         f.writelines(keep)
     self._tb_dir, self._tb_files = os.path.join(workdir, "tensorboard"), 0
+    _after_earlier_events(self._tb_dir)
     self._tb = self._open_tensorboard(None if resume_step is None else resume_step + 1)
 
   def _open_tensorboard(self, purge_step: Optional[int] = None):
