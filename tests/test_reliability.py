@@ -84,6 +84,8 @@ def assert_one_line(code, err, *fragments, exit_code=2):
                                              "device, stream"),
     (TINY + ["--config.data.train_pp=resize(8)|blur(3)"], "unknown op 'blur(3)'"),
     (TINY + ["--config.data.name=folder:/nonexistent/images"], "is not a directory"),
+    (TINY + ["--config.data.pipeline=stream", "--config.data.eval_splits=nope"],
+     "dataset 'digits' has no split 'nope'; valid splits: train, test"),
     (MAML + ["--config.data.pipeline=stream"], "episodic tasks hold their classes"),
     (["--config=configs/ssl.py:digits", "--config.data.pipeline=stream"],
      "method 'fixmatch' holds its data on the device"),

@@ -254,6 +254,7 @@ class StreamTask(tasks.SupervisedTask):
             "label": jax.ShapeDtypeStruct((self.batch_size,), np.int32, sharding=spec)}
 
   def eval_input_like(self, split: str, mesh):
+    self.split_arrays(split)  # opens the split now: a bad name stops the run before it writes
     shape = (self.eval_batch_size,) + tuple(self.spec.input_shape)
     spec = sharding.batch_sharding(mesh)
     return {"image": jax.ShapeDtypeStruct(shape, np.uint8, sharding=spec),
