@@ -234,10 +234,6 @@ class StreamTask(tasks.SupervisedTask):
     del data
     raise TypeError("a stream task counts evaluation batches in eval_feed")
 
-  def extra_batch(self, *args, **kwargs):
-    raise UserError("this method reads a second batch from data held on the device; run it "
-                    "with data.pipeline=device")
-
   # -- what the loop feeds ------------------------------------------------------
   def _batches(self, kind: str, split: str, mesh, **kwargs):
     table = self.train_arrays() if kind == "train" else self.split_arrays(split)
