@@ -86,20 +86,14 @@ def _prior_optimizer(config) -> optax.GradientTransformation:
   return optax.adam(lambda t: lr * jnp.cos(math.pi * 7.0 / 16.0 * t / total))
 
 
-def feature_dim(config, spec: tasks.Spec) -> int:
-  model = models.build(config.model, spec.num_classes)
-  features, _ = jax.eval_shape(lambda: model.init_with_output(
-      jax.random.key(0), jnp.zeros((1,) + spec.input_shape), return_features=True))
-  return features.shape[-1]
-
-
 def init(config, rng: jax.Array, spec: tasks.Spec, *, regulariser: str) -> FinetuneState:
   state = supervised.init(config, rng, spec)
   head = dict(state.params["head"])
   head["kernel"] = 0.01 * jax.random.normal(jax.random.fold_in(rng, 1), head["kernel"].shape)
   head["bias"] = jnp.zeros_like(head["bias"])
   params = {**state.params, "head": head}
-  k, d = spec.num_classes, feature_dim(config, spec)
+  k = spec.num_classes
+  d = models.feature_dim(models.build(config.model, k), spec.input_shape)
   rows = k if regulariser == "adarand" else 1
   prior_mean = jnp.zeros((rows, d))
   return FinetuneState(

@@ -7,6 +7,8 @@ and passes every other field of `model_config` to the module's constructor.
 from typing import Dict, Type
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from jaxlab.errors import UserError, unknown
@@ -41,7 +43,7 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   return cls(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build", "logits_and_features", "logits_fn", "MLP", "ConvNet", "Conv4", "Conv6",
+__all__ = ["MODELS", "build", "feature_dim", "logits_and_features", "logits_fn", "MLP", "ConvNet", "Conv4", "Conv6",
            "ResNet12", "ResNet18", "ResNet50", "WideResNet", "Dense", "Conv", "BatchStatNorm",
            "kernel_init", "INITS", "NORMS"]
 
@@ -66,3 +68,10 @@ def logits_fn(model: nn.Module, variables, *, train: bool = False):
     return lambda x: model.apply(variables, x, train=False)
   mutable = [k for k in variables if k != "params"]
   return lambda x: model.apply(variables, x, train=True, mutable=mutable)[0]
+
+
+def feature_dim(model: nn.Module, input_shape) -> int:
+  """d of the penultimate representation (`return_features=True`), traced, not run."""
+  features = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), return_features=True)[0])
+  return features.shape[-1]
