@@ -25,7 +25,8 @@ fraction_closed_open = (lambda v: 0 <= v < 1, "in [0, 1)")
 
 # key: (predicate, the valid range in words); keys a config does not have are skipped
 RANGES = {
-    "train.steps": at_least(0),
+    "train.steps": (lambda v: v >= -1, ">= 0, or -1 for a run whose length its data fixes "
+                    "(a test-time adaptation stream)"),
     "train.batch_size": at_least(1),
     "train.eval_batch_size": at_least(1),
     "train.log_every": at_least(1),

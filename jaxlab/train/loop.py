@@ -338,7 +338,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
 
   selection = _Selection(workdir, select_by, start if restored else 0, lead)
 
-  total = config.train.steps
+  # a task whose data fixes the run's length (a test-time adaptation stream, train.steps =
+  # -1) says how many steps it has
+  total = getattr(task, "fixed_steps", None) or config.train.steps
   if total == 0:
     log("jaxlab: train.steps=0: evaluating only, no training step")
   log_every = max(1, config.train.log_every)

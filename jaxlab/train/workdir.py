@@ -97,7 +97,8 @@ def create(workdir: str) -> None:
 
 
 def finished_results(workdir: str, config: ConfigDict) -> Optional[Dict[str, float]]:
-  """The results of the run in `workdir` if it already reached `train.steps`, else None."""
+  """The results of the run in `workdir` if it already reached `train.steps` (any results
+  when train.steps = -1: a run whose length its data fixes), else None."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return None
@@ -107,4 +108,5 @@ def finished_results(workdir: str, config: ConfigDict) -> Optional[Dict[str, flo
   except (OSError, ValueError):
     return None  # cut short: the run evaluates again
   results.pop("provenance", None)
-  return results if results.get("step") == config.train.steps else None
+  done = config.train.steps == -1 or results.get("step") == config.train.steps
+  return results if done else None
