@@ -27,7 +27,8 @@ DOCS = os.path.dirname(os.path.abspath(__file__))
 # directories, or the row directories when the source row is "*". A metric starting with
 # "paired:" (e.g. "paired:selected/test/accuracy"): the rows are "a-b" and each cell holds
 # the per-seed differences a - b over the seeds both arms have, from the runs of `source` =
-# (table directory, "*"), with how many of them are >= 0.
+# (table directory, "*"), with how many of them are >= 0. A source with a third element reads
+# only that column directory (e.g. one stream of the TTA runs).
 ROBUST_ARMS = ["erm", "pgd_at", "trades", "sovr", "gairat", "mail", "aft", "aft_rgkd", "aft_nr",
                "arrest", "arrest_t098"]
 
@@ -48,6 +49,14 @@ PP_ARMS = ["scratch", "kd", "pp", "pssl", "pp_pssl", "pp_pssl_uniform"]
 PP_N = ["n5", "n10", "n20"]
 PP_GAPS = ["pp_pssl-pp", "pp_pssl-pssl", "pp-scratch", "pssl-scratch", "kd-scratch",
            "pp_pssl-kd", "pp_pssl-pp_pssl_uniform"]
+
+TTA_ARMS = ["source", "bn_adapt", "tent", "tent_episodic", "cafe", "cafe_no_im",
+            "cafe_ungrouped", "cafe_ungrouped_shrink"]
+TTA_STREAMS = ["mixed", "single", "continual", "label_shift", "batch1"]
+TTA_GAPS = ["source-bn_adapt", "bn_adapt-tent", "tent-cafe", "bn_adapt-cafe",
+            "cafe_no_im-cafe"]
+TTA_CORRUPTIONS = ["gaussian_noise", "salt_pepper", "box_blur", "contrast", "brightness",
+                   "shift"]
 
 # Columns computed from a run's other test metrics (before scaling), for the runs that have
 # them: name -> (metrics needed, function of them). NRR is the harmonic mean of clean and
@@ -144,17 +153,34 @@ TABLES = {
                                      ("pp_pssl_digits", "*")),
     "pp_pssl_digits_train": ("ssl.md", "train/*", 1.0, ["mask_rate", "condition_entropy"],
                              PP_N, ("pp_pssl_digits", "pp_pssl")),
+    "tta_digits": ("tta.md", "online/error", 100.0, TTA_ARMS, TTA_STREAMS),
+    "tta_digits_offline": ("tta.md", "stream/error", 100.0, TTA_ARMS, TTA_STREAMS,
+                           ("tta_digits", "*")),
+    "tta_digits_gaps": ("tta.md", "paired:online/error", 100.0, TTA_GAPS, TTA_STREAMS,
+                        ("tta_digits", "*")),
+    "tta_digits_feature_gap": ("tta.md", "stream/feature_gap", 1.0, TTA_ARMS, TTA_STREAMS,
+                               ("tta_digits", "*")),
+    "tta_digits_mixed_corruptions": ("tta.md", "online/*", 100.0,
+                                     [f"{c}/5/error" for c in TTA_CORRUPTIONS], TTA_ARMS,
+                                     ("tta_digits", "*", "mixed")),
+    "tta_digits_single_corruptions": ("tta.md", "online/*", 100.0,
+                                      [f"{c}/5/error" for c in TTA_CORRUPTIONS], TTA_ARMS,
+                                      ("tta_digits", "*", "single")),
+    "tta_digits_align": ("tta.md", "train/align", 1.0,
+                         ["cafe", "cafe_no_im", "cafe_ungrouped", "cafe_ungrouped_shrink"],
+                         ["mixed"], ("tta_digits", "*")),
 }
 
 
 def collect(runs: str, table: str):
   """{(row, column): [values over seeds]} for one table."""
   _, metric, scale, _, _, *source = TABLES[table]
-  directory, only_row = source[0] if source else (table, "*")
+  directory, only_row, *only_column = source[0] if source else (table, "*")
   if metric and metric.startswith("paired:"):
     return collect_paired(runs, table)
   cells = {}
-  for path in glob.glob(os.path.join(runs, directory, only_row, "*", "seed*", "results.json")):
+  for path in glob.glob(os.path.join(runs, directory, only_row, (only_column or ["*"])[0],
+                                     "seed*", "results.json")):
     row, column = path.split(os.sep)[-4:-2]
     with open(path) as f:
       results = json.load(f)
