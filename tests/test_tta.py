@@ -381,3 +381,39 @@ def test_a_tta_run_writes_the_table_and_resumes_to_the_same_numbers(tmp_path):
   for key, value in results.items():
     if key != "provenance":
       assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+def test_the_prepared_cifar10_corrupted_sets_stream_in_place_of_on_device_corruption(tmp_path):
+  """configs/tta.py:cifar10_corrupted under tfds.testing.mock_data: the stream reads
+  cifar10_corrupted/<name>_<severity> (random mock images and labels), each example once."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  small = {"model": jaxlab.config.ConfigDict(dict(name="cnn", channels=(4,), norm="batch_norm")),
+           "train.log_every": 5}
+  with tfds.testing.mock_data(num_examples=24):
+    source = jaxlab.load_config("configs/erm.py:cifar10", {
+        **small, "train.steps": 5, "train.batch_size": 8, "train.eval_batch_size": 8,
+        "train.eval_every": 0, "train.checkpoint_every": 5})
+    jaxlab.train_and_evaluate(source, str(tmp_path / "source"))
+    config = jaxlab.load_config("configs/tta.py:cifar10_corrupted,batch=8", {
+        **small, "tta.corruptions": "frost,jpeg_compression", "tta.severities": "5,1",
+        "init_from": str(tmp_path / "source")})
+    task = jaxlab.get_method("tent").make_task(config)
+    assert task.pairs == [("frost", 5), ("jpeg_compression", 5), ("frost", 1),
+                          ("jpeg_compression", 1)]
+    assert task.fixed_steps == 4 * 3  # 24 mocked test images per set, batches of 8
+    results = jaxlab.train_and_evaluate(config, str(tmp_path / "tent"))
+  assert 0 <= results["online/frost/5/error"] <= 1 and results["step"] == 12
+  with pytest.raises(jaxlab.UserError, match="valid: brightness, contrast"):
+    adaptation.parse_pairs(jaxlab.load_config("configs/tta.py:cifar10_corrupted", {
+        "tta.corruptions": "glass_blur"}).tta)
+
+
+def test_the_jnp_cholesky_and_solves_equal_numpy():
+  rng = np.random.default_rng(9)
+  a = _spd(rng, 7)
+  b = rng.normal(size=(7, 3))
+  factor = tta.cholesky(jnp.asarray(a, jnp.float32))
+  np.testing.assert_allclose(factor, np.linalg.cholesky(a), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(tta.cho_solve(factor, jnp.asarray(b, jnp.float32)),
+                             np.linalg.solve(a, b), rtol=1e-4, atol=1e-5)
+  assert np.isnan(np.asarray(tta.cholesky(jnp.asarray(-a, jnp.float32)))).any()

@@ -184,19 +184,54 @@ def _padded(cov: jax.Array, mask: jax.Array) -> jax.Array:
   return cov * outer + jnp.diag(1.0 - mask)
 
 
+def cholesky(a: jax.Array) -> jax.Array:
+  """The lower Cholesky factor of an SPD matrix, column by column in jnp (NaN where a is not
+  positive definite).
+
+  jnp rather than jax.scipy.linalg: jaxlib's CPU LAPACK kernels run a batch of small solves
+  with ParallelBatchMap on XLA's intra-op thread pool, and two such thunks in flight can wait
+  on each other (observed: an adaptation stalled for good at a random step on 2 cores). The
+  groups here are at most a few dozen features, so the loops cost little."""
+  n = a.shape[-1]
+  index = jnp.arange(n)
+
+  def column(j, factor):
+    row = jnp.where(index < j, factor[j], 0.0)
+    pivot = jnp.sqrt(a[j, j] - row @ row)
+    values = (a[:, j] - factor @ row) / pivot
+    return factor.at[:, j].set(jnp.where(index > j, values, 0.0).at[j].set(pivot))
+
+  return jax.lax.fori_loop(0, n, column, jnp.zeros_like(a))
+
+
+def cho_solve(factor: jax.Array, b: jax.Array) -> jax.Array:
+  """x with (L L^T) x = b, by forward then back substitution (b: [n] or [n, m])."""
+  n = factor.shape[-1]
+
+  def forward(i, y):  # rows > i of y are still 0
+    return y.at[i].set((b[i] - factor[i] @ y) / factor[i, i])
+
+  y = jax.lax.fori_loop(0, n, forward, jnp.zeros_like(b))
+
+  def back(k, x):
+    i = n - 1 - k
+    return x.at[i].set((y[i] - factor[:, i] @ x) / factor[i, i])
+
+  return jax.lax.fori_loop(0, n, back, jnp.zeros_like(b))
+
+
 def gaussian_divergence(mu_s, cov_s, mu_t, cov_t, kind: str = "sym_kl") -> jax.Array:
   """The divergence between N(mu_s, cov_s) and N(mu_t, cov_t), by Cholesky solves:
   sym_kl = (KL(s||t) + KL(t||s)) / 2 = 1/4 [tr(St^-1 Ss) + tr(Ss^-1 St) + D^T (Ss^-1 + St^-1) D
   - 2 d]; kl_s_t = KL(N_s || N_t); kl_t_s = KL(N_t || N_s)."""
   d = mu_s.shape[-1]
   delta = mu_t - mu_s
-  chol_s = jax.scipy.linalg.cho_factor(cov_s, lower=True)
-  chol_t = jax.scipy.linalg.cho_factor(cov_t, lower=True)
-  t_inv_s = jnp.trace(jax.scipy.linalg.cho_solve(chol_t, cov_s))
-  s_inv_t = jnp.trace(jax.scipy.linalg.cho_solve(chol_s, cov_t))
-  quad_t = delta @ jax.scipy.linalg.cho_solve(chol_t, delta)
-  quad_s = delta @ jax.scipy.linalg.cho_solve(chol_s, delta)
-  logdet = lambda c: 2.0 * jnp.sum(jnp.log(jnp.diagonal(c[0])))
+  chol_s, chol_t = cholesky(cov_s), cholesky(cov_t)
+  t_inv_s = jnp.trace(cho_solve(chol_t, cov_s))
+  s_inv_t = jnp.trace(cho_solve(chol_s, cov_t))
+  quad_t = delta @ cho_solve(chol_t, delta)
+  quad_s = delta @ cho_solve(chol_s, delta)
+  logdet = lambda c: 2.0 * jnp.sum(jnp.log(jnp.diagonal(c)))
   if kind == "sym_kl":
     return 0.25 * (t_inv_s + s_inv_t + quad_s + quad_t - 2 * d)
   if kind == "kl_s_t":
