@@ -24,6 +24,10 @@ mixed), batch (the stream's batch size; 1 is allowed), severities (one, e.g. 3; 
   cifar10          Tent's CIFAR-10-C protocol on TFDS cifar10's test split corrupted on device
                    (the 10 reproduced corruptions, severities 5 -> 1, reset per pair, batch
                    200, Adam 1e-3); the source is a configs/erm.py:cifar10 run (ResNet-18).
+  cifar10_corrupted
+                   the same protocol on the released CIFAR-10-C arrays, all 15 corruptions
+                   (TFDS `cifar10_corrupted`, 95 configs, one per corruption x severity, which
+                   the user prepares: `tfds build cifar10_corrupted/<name>_<severity>`).
   tiny             a few batches of digits; for tests.
 """
 
@@ -36,7 +40,7 @@ def tta_block(**overrides) -> ml_collections.ConfigDict:
   """The `tta` fields (jaxlab.data.adaptation, jaxlab.methods.tta) with their defaults."""
   block = dict(
       corruption_set="digits", corruptions="", severities="5", protocol="mixed",
-      class_order="shuffled", corruption_seed=0, test_split="test", episodic=False,
+      class_order="shuffled", corruption_seed=0, test_split="test", prepared="", episodic=False,
       feature_gap=True,
       cafe_groups=8, cafe_max_group_size=0, cafe_divergence="sym_kl", cafe_weight=1.0,
       cafe_im=True, cafe_eps=1e-4, cafe_shrinkage=0.0, cafe_params="bn_affine")
@@ -104,6 +108,19 @@ def cifar10(method="tent", protocol="single", batch=200, severities="5,4,3,2,1",
   return c
 
 
+CIFAR10_C = ("gaussian_noise,shot_noise,impulse_noise,defocus_blur,frosted_glass_blur,"
+             "motion_blur,zoom_blur,snow,frost,fog,brightness,contrast,elastic,pixelate,"
+             "jpeg_compression")  # the 15 of the benchmark, in TFDS's names
+
+
+def cifar10_corrupted(method="tent", protocol="single", batch=200, severities="5,4,3,2,1",
+                      class_order="shuffled"):
+  c = cifar10(method, protocol, batch, severities, class_order)
+  c.tta.prepared = "cifar10_corrupted"
+  c.tta.corruptions = CIFAR10_C
+  return c
+
+
 def tiny(method="tent", protocol="single", batch=32, severities="5", class_order="shuffled"):
   c = digits(method, protocol, batch, severities, class_order)
   c.tta.corruptions = "gaussian_noise,contrast"
@@ -128,12 +145,15 @@ ROWS = [
      "CNN on glyphs/color32, adapted under the 10 CIFAR-10-C corruptions reproduced on device"),
     ("cifar10", "Tent's CIFAR-10-C protocol (severities 5 -> 1, reset per pair, batch 200) on "
      "TFDS cifar10 corrupted on device; source from configs/erm.py:cifar10"),
+    ("cifar10_corrupted", "the same on the released CIFAR-10-C arrays, all 15 corruptions "
+     "(TFDS `cifar10_corrupted`, prepared by the user)"),
     ("tiny_source, tiny", "a few steps on digits; for tests and smoke runs"),
 ]
 
 PRESETS = {"digits_source": digits_source, "digits": digits,
            "glyphs_color32_source": glyphs_color32_source, "glyphs_color32": glyphs_color32,
-           "cifar10": cifar10, "tiny_source": tiny_source, "tiny": tiny}
+           "cifar10": cifar10, "cifar10_corrupted": cifar10_corrupted,
+           "tiny_source": tiny_source, "tiny": tiny}
 
 
 def get_config(arg=None):

@@ -17,6 +17,10 @@ any run (`train.steps = -1`: the stream's length). The protocol is configuration
   tta.class_order      `shuffled` (each span a seeded permutation) or `runs` (label shift:
                        within a span examples arrive class by class, the class order and the
                        order inside a class seeded)
+  tta.prepared         "" (corrupt on device), or a prepared TFDS family of corrupted test
+                       sets read instead, `<prepared>/<corruption>_<severity>` (e.g.
+                       `cifar10_corrupted`: all 15 + 4 extra CIFAR-10-C corruptions, built by
+                       the user with `tfds build cifar10_corrupted`); its names are TFDS's
   tta.corruption_seed  the corruptions' randomness: key(corruption_seed) folded with the pair
                        and the example, so every run and method sees the same corrupted test
                        set (as the released CIFAR-10-C arrays) while `seed` orders the stream
@@ -40,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.data import corruptions, tasks
+from jaxlab.data import corruptions, loading, tasks
 from jaxlab.errors import UserError, unknown
 from jaxlab.train import sharding
 
@@ -50,11 +54,33 @@ CORRUPTION_TAG = 2000  # the corruption root: fold_in(key(tta.corruption_seed), 
 STREAM = "stream"
 
 
+def prepared_names(prepared: str) -> List[str]:
+  """The corruptions of a prepared TFDS family (its builder configs `<name>_<severity>`)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder_cls(prepared)
+  except Exception:  # pylint: disable=broad-except  (tfds raises several kinds)
+    raise UserError(f"tta.prepared={prepared!r} is not a TFDS dataset (e.g. "
+                    "cifar10_corrupted)") from None
+  configs = getattr(builder, "BUILDER_CONFIGS", [])
+  names = sorted({c.name.rsplit("_", 1)[0] for c in configs if c.name[-1:].isdigit()})
+  if not names:
+    raise UserError(f"tta.prepared={prepared!r} has no <corruption>_<severity> configs")
+  return names
+
+
 def parse_pairs(tta) -> List[Tuple[str, int]]:
   """The (corruption, severity) pairs of `config.tta`, severity-major."""
-  chosen = [n.strip() for n in tta.corruptions.split(",") if n.strip()] or (
-      corruptions.names(tta.corruption_set))
-  corruptions.check(tta.corruption_set, chosen)
+  prepared = tta.get("prepared", "")
+  valid = prepared_names(prepared) if prepared else corruptions.names(tta.corruption_set)
+  chosen = [n.strip() for n in tta.corruptions.split(",") if n.strip()] or valid
+  if prepared:
+    bad = [n for n in chosen if n not in valid]
+    if bad:
+      raise UserError(f"tta.corruptions: {bad[0]!r} is not in {prepared!r}; valid: "
+                      + ", ".join(valid))
+  else:
+    corruptions.check(tta.corruption_set, chosen)
   try:
     severities = [int(s) for s in str(tta.severities).split(",") if s.strip()]
   except ValueError:
@@ -135,8 +161,10 @@ class AdaptationTask(tasks.SupervisedTask):
     self.pairs = parse_pairs(tta)
     self.corruption_set = tta.corruption_set
     self.test_split = tta.test_split
+    self.prepared = tta.get("prepared", "")
     super().__init__(config, num_devices)
-    labels = self.split_arrays(self.test_split)["label"]
+    labels = self._stream_arrays()["label"]
+    labels = labels[0] if self.prepared else labels
     self.plan = build_plan(labels, len(self.pairs), self.batch_size, tta.protocol,
                            tta.class_order, config.seed)
     self.fixed_steps = len(self.plan["reset"])
@@ -144,9 +172,36 @@ class AdaptationTask(tasks.SupervisedTask):
       raise UserError(f"train.steps={config.train.steps}, but the adaptation stream has "
                       f"{self.fixed_steps} batches; set train.steps=-1 (the stream's length)")
     self.homogeneous = tta.protocol != "mixed"  # one pair per batch: only its branch runs
-    ids = [pair_id(self.corruption_set, n, s) for n, s in self.pairs]
+    ids = [pair_id(self.corruption_set, n, s) for n, s in self.pairs] if not self.prepared else (
+        list(range(len(self.pairs))))
     self.pair_ids = np.asarray(ids, np.int32)
     self.root = jax.random.fold_in(jax.random.key(tta.corruption_seed), CORRUPTION_TAG)
+
+  def _stream_arrays(self):
+    """{"image", "label"} the stream reads: the clean test split (corrupted on device), or
+    the prepared sets stacked [pairs, n, ...]."""
+    if not self.prepared:
+      return self.split_arrays(self.test_split)
+    if "prepared" not in self._cache:
+      data = self._data
+      sets = [loading.load_split(f"{self.prepared}/{n}_{s}", self.test_split,
+                                 data.data_dir or None, data.download) for n, s in self.pairs]
+      sizes = {len(t[data.label_key]) for t in sets}
+      if len(sizes) > 1:
+        raise UserError(f"the {self.prepared} sets differ in size ({sorted(sizes)}); the "
+                        "stream needs the same test examples under every corruption")
+      images = [t[data.image_key] for t in sets]
+      self._cache["prepared"] = {"image": np.stack(images),
+                                 "label": np.stack([t[data.label_key] for t in sets]).astype(
+                                     np.int32)}
+    return self._cache["prepared"]
+
+  def stream_batch(self, data, rows: jax.Array, pairs: jax.Array, homogeneous: bool):
+    """(float images, labels) of the stream's (row, pair) examples."""
+    if self.prepared:
+      return (data["image"][pairs, rows].astype(jnp.float32) / 255.0,
+              data["label"][pairs, rows])
+    return self.corrupt(data["image"][rows], rows, pairs, homogeneous), data["label"][rows]
 
   # -- corruption ---------------------------------------------------------------------------
   def corrupt(self, images: jax.Array, rows: jax.Array, pairs: jax.Array,
@@ -170,7 +225,7 @@ class AdaptationTask(tasks.SupervisedTask):
   # -- the stream (training) ----------------------------------------------------------------
   def _device_train(self, mesh):
     if getattr(self, "_on_device", None) is None:
-      test = self.split_arrays(self.test_split)
+      test = self._stream_arrays()
       self._on_device = sharding.put_replicated(
           {"image": test["image"], "label": test["label"],
            **{k: v for k, v in self.plan.items()}}, mesh)
@@ -184,8 +239,8 @@ class AdaptationTask(tasks.SupervisedTask):
   def train_batch(self, data, key: jax.Array, step: jax.Array):
     del key  # the order is the plan's; the corruptions have their own root
     rows, pairs = data["rows"][step], data["pairs"][step]
-    return {"image": self.corrupt(data["image"][rows], rows, pairs, self.homogeneous),
-            "label": data["label"][rows], "pair": pairs, "counted": data["counted"][step],
+    images, labels = self.stream_batch(data, rows, pairs, self.homogeneous)
+    return {"image": images, "label": labels, "pair": pairs, "counted": data["counted"][step],
             "reset": data["reset"][step]}
 
   # -- evaluation ---------------------------------------------------------------------------
@@ -199,7 +254,7 @@ class AdaptationTask(tasks.SupervisedTask):
     """The split (or, for `stream`, the last span's rows and pairs) padded to whole batches
     by wrapping round, not with blank images: methods that normalise with the evaluation
     batch's statistics would see them; the padding has mask 0."""
-    test = self.split_arrays(self.test_split if split == STREAM else split)
+    test = self._stream_arrays() if split == STREAM else self.split_arrays(split)
     rows, pairs = self.last_span() if split == STREAM else (
         np.arange(len(test["label"])), np.zeros(len(test["label"]), np.int32))
     n = len(rows)
@@ -217,14 +272,14 @@ class AdaptationTask(tasks.SupervisedTask):
   def eval_batch(self, data, index: jax.Array):
     take = lambda a: jax.lax.dynamic_slice_in_dim(a, index * self.eval_batch_size,
                                                   self.eval_batch_size)
-    rows = take(data["rows"])
-    batch = {"label": data["label"][rows], "mask": take(data["mask"])}
+    rows, mask = take(data["rows"]), take(data["mask"])
     if "pairs" not in data:  # a clean split
-      return {**batch, "image": data["image"][rows].astype(jnp.float32) / 255.0}
+      return {"image": data["image"][rows].astype(jnp.float32) / 255.0,
+              "label": data["label"][rows], "mask": mask}
     pairs = take(data["pairs"])
     homogeneous = self._tta.protocol == "single"  # the last span is one pair
-    return {**batch, "image": self.corrupt(data["image"][rows], rows, pairs, homogeneous),
-            "pair": pairs}
+    images, labels = self.stream_batch(data, rows, pairs, homogeneous)
+    return {"image": images, "label": labels, "pair": pairs, "mask": mask}
 
   def split_arrays(self, split: str):
     if split == STREAM:
