@@ -23,6 +23,18 @@ def run_main(*args, env=None, timeout=300):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def cli(*args):
+  """(exit code, stdout, stderr) of `jaxlab.main.cli`, run in this process (no interpreter
+  start per call); an exception escaping it fails the test, as a traceback would."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from jaxlab import main  # pylint: disable=g-import-not-at-top
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = main.cli(["jaxlab", *args])
+  return code, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture
 def tiny_args():
   """The tiny digits preset, as CLI arguments."""

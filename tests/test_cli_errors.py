@@ -1,8 +1,12 @@
-"""Bad input: one clear line on stderr naming the valid choices, a non-zero exit, no traceback."""
+"""Bad input: one clear line on stderr naming the valid choices, a non-zero exit, no traceback.
+The table runs through the command line's entry point in this process (`conftest.cli`); the
+last two cases start the real command."""
+
+import subprocess
 
 import pytest
 
-from conftest import run_main
+from conftest import cli, run_main
 
 
 def _assert_one_line_error(result, code, *fragments):
@@ -37,8 +41,8 @@ def _assert_one_line_error(result, code, *fragments):
     (["--config=configs/erm.py:tiny", "--config.train.steps=abc"], ["--config.train.steps"]),
 ])
 def test_user_errors(tmp_path, args, fragments):
-  result = run_main(*args, f"--workdir={tmp_path / 'run'}")
-  _assert_one_line_error(result, 2, *fragments)
+  code, _, err = cli(*args, f"--workdir={tmp_path / 'run'}")
+  _assert_one_line_error(subprocess.CompletedProcess(args, code, "", err), 2, *fragments)
 
 
 def test_missing_workdir():

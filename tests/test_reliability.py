@@ -2,8 +2,6 @@
 ownership, checkpoint integrity, finished runs, signals, simulated devices, the CLI from any
 directory, and config validation before anything is written."""
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -15,20 +13,10 @@ import time
 
 import pytest
 
-from conftest import DATA_DIR, REPO, run_main
+from conftest import DATA_DIR, REPO, cli, run_main
 
 TINY = ["--config=configs/erm.py:tiny"]
 MAML = ["--config=configs/maml.py:tiny"]
-
-
-def cli(*args):
-  """(exit code, stdout, stderr) of `jaxlab.main.cli`, run in this process (no interpreter
-  start per call); an exception escaping it fails the test, as a traceback would."""
-  from jaxlab import main  # pylint: disable=g-import-not-at-top
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = main.cli(["jaxlab", *args])
-  return code, out.getvalue(), err.getvalue()
 
 
 def snapshot(directory):
