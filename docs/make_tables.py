@@ -168,7 +168,7 @@ TABLES = {
                                       ("tta_digits", "*", "single")),
     "tta_digits_align": ("tta.md", "train/align", 1.0,
                          ["cafe", "cafe_no_im", "cafe_ungrouped", "cafe_ungrouped_shrink"],
-                         ["mixed"], ("tta_digits", "*")),
+                         ["mixed"], ("tta_digits", "*", "mixed")),
 }
 
 
@@ -199,7 +199,7 @@ def collect(runs: str, table: str):
       for key, value in results.items():
         if key.startswith(prefix) and not key.endswith("_ci95"):
           cells.setdefault((key[len(prefix):], across), []).append(scale * value)
-    else:
+    elif metric in results:  # (a table over some arms' metric, e.g. CAFe's train/align)
       cells.setdefault((row, column), []).append(scale * results[metric])
   return cells
 
@@ -225,11 +225,12 @@ def environments(runs: str, table: str) -> str:
   """What produced the runs behind a table (their results.json's `provenance`), counted:
   "12 runs: jaxlab 0.1.0 @ 1a2b3c4d (dirty), jax 0.10.2, cpu x1 (cpu), 1 process"."""
   _, metric, _, _, _, *source = TABLES[table]
-  directory, only_row = source[0] if source else (table, "*")
+  directory, only_row, *only_column = source[0] if source else (table, "*")
   if metric and metric.startswith("paired:"):
     only_row = "*"
   counts = {}
-  for path in glob.glob(os.path.join(runs, directory, only_row, "*", "seed*", "results.json")):
+  for path in glob.glob(os.path.join(runs, directory, only_row, (only_column or ["*"])[0],
+                                     "seed*", "results.json")):
     with open(path) as f:
       p = json.load(f).get("provenance")
     if p is None:
