@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jaxlab  # pylint: disable=wrong-import-position
+import timing  # pylint: disable=wrong-import-position  (benchmarks/timing.py)
 from jaxlab.data.tasks import Spec  # pylint: disable=wrong-import-position
 
 WAYS, SHOTS, QUERIES, META_BATCH, ALPHA, FILTERS = 5, 1, 5, 32, 0.4, 64
@@ -53,25 +54,8 @@ def time_jax(parallel: str, steps: int):
   batch = jax.device_put(make_batch())
   step = jax.jit(lambda s, b: method.train_step(s, b, jax.random.key(0), config=config,
                                                 spec=spec))
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  memory = compiled.memory_analysis()
-  state, _ = compiled(state, batch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t0)
-  return {"ms": 1e3 * statistics.median(times), "compile_s": compile_s,
-          "gflop": cost.get("flops", float("nan")) / 1e9,
-          "gbytes": cost.get("bytes accessed", float("nan")) / 1e9,
-          "temp_mib": getattr(memory, "temp_size_in_bytes", 0) / 2**20,
-          "loss": float(metrics["loss"])}
+  r = timing.time_step(step, state, batch, steps)
+  return {**r, "loss": float(r["metrics"]["loss"])}
 
 
 def time_torch(steps: int):

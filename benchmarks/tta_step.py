@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jaxlab  # pylint: disable=wrong-import-position
+import timing  # pylint: disable=wrong-import-position  (benchmarks/timing.py)
 from jaxlab.data.tasks import Spec  # pylint: disable=wrong-import-position
 
 
@@ -52,21 +53,8 @@ def time_jax(batch: int, steps: int):
                            "counted": np.ones(batch, np.float32), "reset": np.asarray(False)})
   step = jax.jit(lambda s, b: method.train_step(s, b, jax.random.key(0), config=config,
                                                 spec=spec))
-  t0 = time.perf_counter()
-  compiled = step.lower(state, inputs).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  state, _ = compiled(state, inputs)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, inputs)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t0)
-  return {"ms": 1e3 * statistics.median(times), "compile_s": compile_s,
-          "gflop": cost.get("flops", float("nan")) / 1e9, "loss": float(metrics["loss"])}
+  r = timing.time_step(step, state, inputs, steps)
+  return {**r, "loss": float(r["metrics"]["loss"])}
 
 
 def time_torch(batch: int, steps: int):
