@@ -54,8 +54,9 @@ from jaxlab.train import losses, optim
 from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
 
-VARIANTS = {name: Variant(adapt=adapt, blocks=("tta",)) for name, adapt in (
-    ("source", "none"), ("bn_adapt", "norm"), ("tent", "entropy"), ("cafe", "cafe"))}
+_ADAPT = {"source": "none", "bn_adapt": "norm", "tent": "entropy", "cafe": "cafe"}
+VARIANTS = {name: Variant(adapt=adapt, blocks=("tta",)) for name, adapt in _ADAPT.items()}
+_NAME = {adapt: name for name, adapt in _ADAPT.items()}  # for messages and titles
 DIVERGENCES = ("sym_kl", "kl_s_t", "kl_t_s")
 ADAPTED = ("bn_affine", "all")
 
@@ -292,7 +293,7 @@ def make_task(config, num_devices: int = 1, *, adapt: str) -> adaptation.Adaptat
     raise UserError(f"tta.cafe_shrinkage={tta.cafe_shrinkage} is out of range: it must be in "
                     "[0, 1]")
   if not config.init_from:
-    raise UserError(f"{config.method} adapts a trained source model: set --config.init_from "
+    raise UserError(f"{_NAME[adapt]} adapts a trained source model: set --config.init_from "
                     "to the workdir of the source run (e.g. configs/tta.py:digits_source) or "
                     "an .npz of its weights")
   task = adaptation.AdaptationTask(config, num_devices)
@@ -301,7 +302,7 @@ def make_task(config, num_devices: int = 1, *, adapt: str) -> adaptation.Adaptat
     variables = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.zeros((2,) + task.spec.input_shape), train=False))
     if "batch_stats" not in variables:
-      raise UserError(f"{config.method} adapts BatchNorm layers, but model "
+      raise UserError(f"{_NAME[adapt]} adapts BatchNorm layers, but model "
                       f"{config.model.name!r} with norm={config.model.get('norm', 'none')!r} "
                       "has none: use model.norm=batch_norm for the source run")
   return task
@@ -513,5 +514,5 @@ def report(state: AdaptState, task: adaptation.AdaptationTask, workdir: str, *, 
                mean=np.asarray(state.feature_mean), cov=np.asarray(state.feature_cov),
                members=np.asarray(state.members), member_mask=np.asarray(state.member_mask))
     heat_map(table, task.pairs, os.path.join(workdir, "tta_errors.png"),
-             f"{config.method} ({config.tta.protocol}), mean {100 * table['online/error']:.1f}%")
+             f"{_NAME[adapt]} ({config.tta.protocol}), mean {100 * table['online/error']:.1f}%")
   return results
