@@ -71,7 +71,7 @@ def test_permuting_any_model_by_its_derived_spec_keeps_its_function(name):
     np.testing.assert_allclose(after, before, rtol=2e-5, atol=2e-5 * float(jnp.abs(before).max()))
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn_batch_norm", "resnet18"])
+@pytest.mark.parametrize("name", ["mlp", "cnn_batch_norm"])
 def test_weight_matching_recovers_a_known_permutation_exactly(name):
   model, variables, shape, _ = _model(name)
   spec = permutation.derive(model, variables, shape)
