@@ -6,7 +6,7 @@ max over the grid of [f(lam) - ((1 - lam) f(0) + lam f(1))] (Frankle et al. 2020
 1912.05671; the linear-mode-connectivity papers of docs/specs/robustness_tta_merging.md §6).
 """
 
-from typing import Callable, Dict
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,3 @@ def grid(points: int = 25) -> jax.Array:
   """The merging code's 25 equispaced lam in [0, 1]."""
   return jnp.linspace(0.0, 1.0, points)
 
-
-def summary(metric_values: Dict[str, jax.Array], lams: jax.Array) -> Dict[str, float]:
-  return {f"{name}_barrier": float(barrier(v, lams)) for name, v in metric_values.items()}

@@ -312,10 +312,7 @@ def derive(model, variables, input_shape: Sequence[int]) -> Spec:
         continue
       groups.setdefault(root, []).append((path, axis))
       sizes[root] = leaf.shape[axis]
-  # a class that touches only one leaf and one axis is a free dimension no other variable
-  # sees (e.g. a unit read by nothing): permuting it alone would change the function only if
-  # the output depended on it, so it is kept; name groups by their first member
-  named = {}
+  named = {}  # each group named by its first member
   for root, members in sorted(groups.items(), key=lambda kv: kv[1][0]):
     name = f"P_{'/'.join(members[0][0])}_{members[0][1]}"
     named[name] = (members, sizes[root])
