@@ -107,12 +107,7 @@ def pretrained_statistics(model, variables, images: jax.Array, labels: jax.Array
                           num_classes: int, chunk: int = 256) -> Dict[str, jax.Array]:
   """Marginal [d] and per-class [K, d] mean and std of eval-mode features of `images`."""
   n = images.shape[0]
-  padded = chunk * math.ceil(n / chunk)
-  images = jnp.concatenate([images, jnp.zeros((padded - n,) + images.shape[1:], images.dtype)])
-  features = jax.lax.map(
-      lambda x: model.apply(variables, augment.to_float(x), train=False, return_features=True),
-      images.reshape((-1, chunk) + images.shape[1:]))
-  features = features.reshape(padded, -1)[:n]
+  features = models.eval_features(model, variables, images, chunk)
   counts = jnp.maximum(jax.ops.segment_sum(jnp.ones(n), labels, num_classes), 1.0)[:, None]
   class_mean = jax.ops.segment_sum(features, labels, num_classes) / counts
   class_var = jax.ops.segment_sum(features**2, labels, num_classes) / counts - class_mean**2

@@ -331,18 +331,6 @@ def _needs_statistics(config, adapt: str) -> bool:
   return adapt == "cafe" or config.tta.feature_gap
 
 
-def source_features(model, variables, images: jax.Array, chunk: int = 256) -> jax.Array:
-  """Eval-mode penultimate features [n, d] of uint8 `images`, in chunks."""
-  n = images.shape[0]
-  padded = chunk * math.ceil(n / chunk)
-  images = jnp.concatenate([images, jnp.zeros((padded - n,) + images.shape[1:], images.dtype)])
-  features = jax.lax.map(
-      lambda x: model.apply(variables, x.astype(jnp.float32) / 255.0, train=False,
-                            return_features=True),
-      images.reshape((-1, chunk) + images.shape[1:]))
-  return features.reshape(padded, -1)[:n]
-
-
 def start_from(state: AdaptState, train_data, *, config, spec, adapt: str) -> AdaptState:
   """The loaded source model becomes the reset point; CAFe's source statistics and groups
   are computed from the clean training split."""
@@ -353,8 +341,8 @@ def start_from(state: AdaptState, train_data, *, config, spec, adapt: str) -> Ad
   if not _needs_statistics(config, adapt):
     return state
   model = models.build(config.model, spec.num_classes)
-  features = source_features(model, {"params": state.params, **state.model_state},
-                             train_data["image"])
+  features = models.eval_features(model, {"params": state.params, **state.model_state},
+                                  train_data["image"])
   mean = features.mean(0)
   centred = features - mean
   cov = centred.T @ centred / max(features.shape[0] - 1, 1)

@@ -43,7 +43,7 @@ def build(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
   return cls(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build", "feature_dim", "logits_and_features", "logits_fn", "MLP", "ConvNet", "Conv4", "Conv6",
+__all__ = ["MODELS", "build", "eval_features", "feature_dim", "logits_and_features", "logits_fn", "MLP", "ConvNet", "Conv4", "Conv6",
            "ResNet12", "ResNet18", "ResNet50", "WideResNet", "Dense", "Conv", "BatchStatNorm",
            "kernel_init", "INITS", "NORMS"]
 
@@ -75,3 +75,18 @@ def feature_dim(model: nn.Module, input_shape) -> int:
   features = jax.eval_shape(lambda: model.init_with_output(
       jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), return_features=True)[0])
   return features.shape[-1]
+
+
+def eval_features(model: nn.Module, variables, images: jax.Array, chunk: int = 256) -> jax.Array:
+  """Eval-mode penultimate features [n, d] of `images` (uint8 scaled to [0, 1], float as is),
+  `chunk` images at a time under lax.map (padded to whole chunks)."""
+  import math  # pylint: disable=g-import-not-at-top
+  n = images.shape[0]
+  padded = chunk * math.ceil(n / chunk)
+  images = jnp.concatenate([images, jnp.zeros((padded - n,) + images.shape[1:], images.dtype)])
+  scale = (lambda x: x.astype(jnp.float32) / 255.0) if jnp.issubdtype(
+      images.dtype, jnp.integer) else (lambda x: x.astype(jnp.float32))
+  features = jax.lax.map(
+      lambda x: model.apply(variables, scale(x), train=False, return_features=True),
+      images.reshape((-1, chunk) + images.shape[1:]))
+  return features.reshape(padded, -1)[:n]
