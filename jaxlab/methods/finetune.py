@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlab import models
-from jaxlab.data import augment, tasks
+from jaxlab.data import tasks
 from jaxlab.errors import UserError, unknown
 from jaxlab.train import losses, optim, supervised
 from jaxlab.train.protocol import Variant
