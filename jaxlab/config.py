@@ -169,6 +169,9 @@ def base_config() -> ConfigDict:
       eval_splits="test",
       image_key="image", label_key="label", image_size=0, grayscale=False, classes="",
       per_class=0, train_fraction=1.0, val_fraction=0.0, split_seed=42, rest_as_test=False,
+      # a fixed input shift applied to every split (jaxlab.data.tasks.shift_images):
+      # "" | "rotate:DEGREES" | "permute_pixels:SEED" (the merging settings' second dataset)
+      shift="",
       # how batches are read (jaxlab.data.stream): auto | device | stream; the streaming
       # input's per-example host transforms (jaxlab.data.transforms), its worker processes
       # (-1: one per CPU core, at most 16; 0: in the main process), and auto's threshold

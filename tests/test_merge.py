@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxlab import models
+from jaxlab.errors import UserError
 from jaxlab.merge import interpolate, matching, permutation
 
 # every classifier backbone of jaxlab.models, small; with the number of hidden-unit
@@ -97,3 +98,36 @@ def test_interpolation_endpoints_and_the_barrier_of_a_model_with_itself():
   # a loss convex along the line has no barrier; a bump in the middle is measured
   assert float(interpolate.barrier(jnp.asarray([1.0, 3.0, 2.0]), jnp.asarray([0, .5, 1.]))) == (
       pytest.approx(1.5))
+
+
+def test_weight_matching_runs_inside_jit_warm_started_and_never_lowers_the_objective():
+  model, variables, shape, _ = _model("mlp")
+  spec = permutation.derive(model, variables, shape)
+  other = model.init(jax.random.key(11), jnp.zeros((2,) + shape))
+  solve = jax.jit(lambda a, b, key, init: matching.weight_matching(spec, a, b, key, 100, init))
+  perms = solve(variables, other, jax.random.key(0), matching.identity(spec))
+  before = matching.objective(spec, variables, other, matching.identity(spec))
+  after = matching.objective(spec, variables, other, perms)
+  assert float(after) > float(before)
+  for group, p in perms.items():  # each a permutation
+    np.testing.assert_array_equal(np.sort(np.asarray(p)), np.arange(spec.sizes[group]))
+  # warm-started at its own answer, coordinate ascent is at a fixed point
+  again = solve(variables, other, jax.random.key(3), perms)
+  jax.tree.map(np.testing.assert_array_equal, again, perms)
+
+
+def test_activation_matching_recovers_a_known_permutation_and_rejects_residual_groups():
+  model, variables, shape, _ = _model("mlp")
+  spec = permutation.derive(model, variables, shape)
+  truth = permutation.random_permutations(spec, jax.random.key(5))
+  scrambled = permutation.permute(variables, spec, truth)
+  # centred inputs: no hidden unit is off on the whole batch (a dead unit has no order)
+  x = jax.random.normal(jax.random.key(1), (256,) + shape)
+  found = jax.jit(lambda a, b: matching.activation_matching(spec, model, a, b, x))(
+      variables, scrambled)
+  restored = permutation.permute(scrambled, spec, found)
+  jax.tree.map(np.testing.assert_array_equal, restored, variables)
+  model, variables, shape, _ = _model("resnet18")
+  spec = permutation.derive(model, variables, shape)
+  with pytest.raises(UserError, match="residual stream"):
+    matching.activation_matching(spec, model, variables, variables, jnp.zeros((2,) + shape))

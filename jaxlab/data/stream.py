@@ -157,6 +157,9 @@ class StreamTask(tasks.SupervisedTask):
 
   def __init__(self, config, num_devices: int = 1):
     data = config.data
+    if data.get("shift", ""):
+      raise UserError(f"data.shift={data.shift!r} is applied to arrays held on the device: run "
+                      "with data.pipeline=device")
     self._seed = config.seed
     workers = data.get("workers", 0)
     self._workers = min(os.cpu_count() or 1, 16) if workers < 0 else workers

@@ -107,6 +107,37 @@ def carve_validation(arrays: Arrays, per_class: int, val_fraction: float, seed: 
   return pick(train), pick(val), pick(rest)
 
 
+SHIFTS = ("rotate:DEGREES", "permute_pixels:SEED")
+
+
+def shift_images(images: np.ndarray, shift: str) -> np.ndarray:
+  """`images` (uint8 NHWC) moved to another input distribution with the same labels, for the
+  merging-between-datasets settings (robustness_tta_merging.md §5(g)):
+    ""                   unchanged;
+    "rotate:DEGREES"     rotated counter-clockwise about the centre, bilinear, zero fill, same
+                         size (scipy.ndimage.rotate order=1, reshape=False);
+    "permute_pixels:SEED" one fixed permutation of the H*W pixel positions (from SEED), the
+                         same for every image and split.
+  """
+  if not shift:
+    return images
+  kind, _, arg = shift.partition(":")
+  try:
+    value = float(arg) if kind == "rotate" else int(arg)
+  except ValueError:
+    value = None
+  if kind not in ("rotate", "permute_pixels") or value is None:
+    raise UserError(f"data.shift={shift!r} is not valid; valid: '' or {', '.join(SHIFTS)}")
+  if kind == "rotate":
+    import scipy.ndimage  # pylint: disable=g-import-not-at-top
+    turned = scipy.ndimage.rotate(images.astype(np.float32), value, axes=(2, 1), reshape=False,
+                                  order=1, mode="constant", cval=0.0)
+    return np.clip(np.round(turned), 0, 255).astype(np.uint8)
+  n, h, w, c = images.shape
+  order = np.random.default_rng(value).permutation(h * w)
+  return images.reshape(n, h * w, c)[:, order].reshape(n, h, w, c)
+
+
 def load_arrays(data, split: str) -> Arrays:
   """`image` (uint8 NHWC) and `label` (int32) of a split, preprocessed per `config.data`.
 
@@ -124,7 +155,8 @@ def load_arrays(data, split: str) -> Arrays:
                       "data.image_size")
     apply = transforms.build(pp, "data.eval_pp")
     rows = [source[i] for i in range(len(source))]
-    arrays = {"image": transforms.stack([apply(r["image"], None) for r in rows], "data.eval_pp"),
+    arrays = {"image": shift_images(transforms.stack([apply(r["image"], None) for r in rows],
+                                                     "data.eval_pp"), data.get("shift", "")),
               "label": np.asarray([r["label"] for r in rows], np.int32)}
     return select_classes(arrays, data.classes)
   raw = loading.load_split(data.name, split, data.data_dir or None, data.download,
@@ -135,7 +167,8 @@ def load_arrays(data, split: str) -> Arrays:
   images = raw[data.image_key]
   if images.ndim == 3:
     images = images[..., None]
-  arrays = {"image": preprocess_images(images, data.image_size, data.grayscale),
+  arrays = {"image": shift_images(preprocess_images(images, data.image_size, data.grayscale),
+                                  data.get("shift", "")),
             "label": raw[data.label_key].astype(np.int32)}
   return select_classes(arrays, data.classes)
 
@@ -249,7 +282,7 @@ class SupervisedTask(OnDevice):
 
   Config fields read: data.{name, data_dir, download, train_split, image_key,
   label_key, image_size, grayscale, classes, per_class, train_fraction, val_fraction,
-  split_seed, rest_as_test, pipeline, eval_pp},
+  split_seed, rest_as_test, pipeline, eval_pp, shift},
   train.{batch_size,
   eval_batch_size}, aug.{crop_padding, flip}.
   """

@@ -226,6 +226,8 @@ def load_pretrained(path: str, like: Dict[str, Any], skip: str = "",
   """
   prefixes = tuple(p.strip() for p in skip.split(",") if p.strip())
   skipped = lambda key: any(key == p or key.startswith(p.rstrip("/") + "/") for p in prefixes)
+  if "://" not in path:  # orbax reads absolute paths only; a workdir given relative works too
+    path = os.path.abspath(path)
   if not epath.Path(path).exists():  # any etils.epath path (gs://... with its filesystem layer)
     raise UserError(f"{field}={path!r} does not exist; give a run's workdir or an .npz file")
   if path.endswith(".npz"):

@@ -1,0 +1,108 @@
+"""Merging presets: endpoints on two datasets, then weight matching, activation matching or
+the STE permutation search (jaxlab.methods.merge; robustness_tta_merging.md §5(g)).
+
+  python -m jaxlab.main --config=configs/merge.py:digits_endpoint,seed=0 --workdir=runs/a
+  python -m jaxlab.main --config=configs/merge.py:digits_endpoint,shift=rotate:90,seed=1 \
+      --workdir=runs/b
+  python -m jaxlab.main --config=configs/merge.py:digits,method=merge_ste,b_shift=rotate:90 \
+      --config.inputs.model_a=runs/a --config.inputs.model_b=runs/b --workdir=runs/ste
+
+  digits_endpoint  the §5(g) endpoint: MLP 64-128-128-128-10 on the embedded digits (shift:
+                   "" | rotate:DEGREES | permute_pixels:SEED, the second dataset), SGD lr 0.1
+                   momentum 0.9, batch 128, 100 epochs (1,125 steps of the 1,438 images).
+  digits           the merge of two digits endpoints (method: merge_wm | merge_am |
+                   merge_ste; b_shift: B's shift, which must match B's run; data: full |
+                   coreset). STE on the full union: 100 epochs of batch 500 over the 2,876
+                   images (575 steps), SGD lr 0.05 momentum 0.9, wd 1e-4, weight matching 100
+                   sweeps per step warm-started; on a coreset (10 per class per dataset, 200
+                   images, the whole set each step): 5,000 epochs at lr 0.5, x0.1 at 50% and
+                   75% (§5(d)).
+  tiny_endpoint, tiny
+                   a few steps with a 32-unit MLP; for tests.
+"""
+
+import ml_collections
+
+from jaxlab.config import base_config, presets
+
+
+def merge_block(**overrides) -> ml_collections.ConfigDict:
+  """The `merge` fields (jaxlab.methods.merge) with their defaults."""
+  block = dict(b_name="", b_shift="", data="full", ipc=10, coreset_seed=0, test_split="test",
+               points=25, wm_max_iter=300, ste_max_iter=100, am_examples=0,
+               am_correlation=False, repair=True, repair_batches=20)
+  block.update(overrides)
+  return ml_collections.ConfigDict(block)
+
+
+def _mlp(c, hidden):
+  c.model = ml_collections.ConfigDict(dict(name="mlp", hidden=hidden, norm="none",
+                                           weight_init="flax"))
+  return c
+
+
+def digits_endpoint(shift="", seed=0, epochs=100):
+  c = _mlp(base_config(), (128, 128, 128))
+  c.seed = seed
+  c.data.name = "digits"
+  c.data.shift = shift
+  c.optimizer.update(dict(name="sgd", learning_rate=0.1, momentum=0.9, schedule="constant"))
+  steps = epochs * 1438 // 128
+  c.train.update(dict(steps=steps, batch_size=128, log_every=250, eval_every=0,
+                      checkpoint_every=steps))
+  return c
+
+
+def digits(method="merge_ste", b_shift="rotate:90", data="full", seed=0):
+  c = _mlp(base_config(), (128, 128, 128))
+  c.method = method
+  c.seed = seed
+  c.data.name = "digits"
+  c.data.eval_splits = "test_a,test_b"
+  c.merge = merge_block(b_shift=b_shift, data=data)
+  c.inputs = ml_collections.ConfigDict(dict(model_a="", model_b=""))
+  c.optimizer.update(dict(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-4,
+                          schedule="constant"))
+  c.train.update(dict(steps=100 * 2876 // 500, batch_size=500, log_every=50, eval_every=0,
+                      checkpoint_every=0))
+  if data == "coreset":
+    epochs = 5000  # the 200-image union, one batch of all of it per step
+    c.optimizer.update(dict(learning_rate=0.5, schedule="step",
+                            step_boundaries=(epochs // 2, 3 * epochs // 4), step_factor=0.1))
+    c.train.update(dict(steps=epochs, batch_size=200, log_every=500))
+  if method != "merge_ste":
+    c.train.steps = 0
+  return c
+
+
+def tiny_endpoint(shift="", seed=0):
+  c = digits_endpoint(shift, seed)
+  c.model.hidden = (32, 32)
+  c.train.update(dict(steps=60, log_every=20, checkpoint_every=60))
+  return c
+
+
+def tiny(method="merge_ste", b_shift="rotate:90", data="full"):
+  c = digits(method, b_shift, data)
+  c.model.hidden = (32, 32)
+  c.merge.update(dict(points=5, repair_batches=2, wm_max_iter=20, ste_max_iter=10))
+  if method == "merge_ste":
+    c.train.update(dict(steps=80, log_every=20))
+  return c
+
+
+DEFAULT = "digits"
+ROWS = [
+    ("digits_endpoint", "MLP 64-128-128-128-10 on digits, rotated or pixel-permuted digits: "
+     "the endpoints of the §5(g) merges"),
+    ("digits", "merging two digits endpoints: weight matching, activation matching or the "
+     "STE permutation search on the union or a random coreset; curves over 25 lambda"),
+    ("tiny_endpoint, tiny", "a few steps of 32-unit MLPs; for tests and smoke runs"),
+]
+
+PRESETS = {"digits_endpoint": digits_endpoint, "digits": digits,
+           "tiny_endpoint": tiny_endpoint, "tiny": tiny}
+
+
+def get_config(arg=None):
+  return presets(arg, PRESETS, DEFAULT, "configs/merge.py")

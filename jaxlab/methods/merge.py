@@ -1,0 +1,381 @@
+"""Merging two models trained on different datasets by aligning B's hidden units to A's.
+
+Yamada et al., "Revisiting permutation symmetry for merging models between different
+datasets" (arXiv 2306.05641; official code MasanoriYamada/re-basin-merge-pytorch), on the
+permutation search of Git Re-Basin (Ainsworth et al., arXiv 2209.04836). Spec:
+robustness_tta_merging.md §5. Two endpoint runs of one architecture (`inputs.model_a`,
+`inputs.model_b`: any jaxlab classifier runs, e.g. configs/merge.py:digits_endpoint) sharing
+the label head; the merge is theta(lam) = (1 - lam) theta_A + lam pi(theta_B), reported at
+lam = 0.5 and as curves over `merge.points` equispaced lam.
+
+Variants (bound option `matching`):
+  `merge_wm`   weight matching (no data; `merge.wm_max_iter` sweeps, 300 as the code), once
+               before evaluation (`train.steps=0`).
+  `merge_am`   activation matching on D_merge (uncentered cross-moment of post-ReLU
+               activations, the code's default; `merge.am_correlation` for Pearson).
+  `merge_ste`  the paper's main method, the straight-through estimator: a free copy theta~
+               (from theta_A) is trained; each step re-solves weight matching of B onto theta~
+               warm-started from the previous permutations (`merge.ste_max_iter`, 100 as the
+               code), and the loss is the NLL of the midpoint 1/2 theta_A + 1/2 theta_ste on a
+               D_merge batch with theta_ste = sg(pi(theta_B)) + theta~ - sg(theta~) (forward:
+               the permuted B; gradient: to theta~). The permutations of the lowest minibatch
+               loss seen are kept (`best_perms`) and are the merge.
+D_merge (`merge.data`): `full` the union of A's and B's training splits; `coreset` a random
+`merge.ipc` images per class of each (fixed by `merge.coreset_seed`), the paper's random
+coreset baseline. (`condensed`, the DC sets, is not built yet.)
+B's dataset is `config.data` with `merge.b_name` (default: the same) and `merge.b_shift`
+(jaxlab.data.tasks.shift_images: rotated or pixel-permuted digits, §5(g)). Evaluation splits
+`test_a`, `test_b` (the midpoint under the current best permutations) and, in `report`,
+`double_test` as the code: the average of the two test sets' accuracies and NLLs, for the
+arms naive (pi = id), merged (pi found) and ensemble (the lam-mixture of the two models'
+predicted probabilities), with loss / accuracy barriers, `merge_curves.png`,
+`merge_curves.json` and `perms.npz`. BatchNorm networks: the STE midpoint uses the batch's
+statistics (train mode, the same forward as the code's reset on D_merge before the loss),
+and the curves reset each interpolated model's statistics on D_merge
+(jaxlab.merge.repair; `merge.repair`).
+"""
+
+import json
+import os
+from typing import Any, Dict
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxlab import models
+from jaxlab.data import augment, tasks
+from jaxlab.errors import UserError, unknown
+from jaxlab.merge import interpolate, matching as matching_lib, permutation, repair
+from jaxlab.train import inputs as inputs_lib
+from jaxlab.train import losses, optim
+from jaxlab.train.protocol import Variant
+from jaxlab.train.state import TrainState
+
+_ENDPOINTS = (inputs_lib.own_model("model_a", "endpoint A (a classifier run on data A)"),
+              inputs_lib.own_model("model_b", "endpoint B (a classifier run on data B)"))
+VARIANTS = {name: Variant(matching=kind, inputs=_ENDPOINTS, blocks=("merge",))
+            for name, kind in (("merge_wm", "weight"), ("merge_am", "activation"),
+                               ("merge_ste", "ste"))}
+DATA = ("full", "coreset")
+ARMS = ("naive", "merged", "ensemble")
+SPLITS = ("test_a", "test_b", "train_a", "train_b")
+
+
+@flax.struct.dataclass
+class MergeState(TrainState):
+  perms: Any           # {group: int32 [n]} the current permutations of B's units
+  best_perms: Any      # those of the lowest STE minibatch loss (the merge)
+  best_loss: jax.Array
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def coreset(arrays: tasks.Arrays, ipc: int, seed: int) -> tasks.Arrays:
+  """`ipc` random images per class (fixed by `seed`)."""
+  rng = np.random.default_rng(seed)
+  keep = []
+  for label in np.unique(arrays["label"]):
+    where = np.flatnonzero(arrays["label"] == label)
+    if len(where) < ipc:
+      raise UserError(f"merge.ipc={ipc} but class {label} has only {len(where)} images")
+    keep.append(rng.choice(where, ipc, replace=False))
+  keep = np.sort(np.concatenate(keep))
+  return {k: v[keep] for k, v in arrays.items()}
+
+
+def b_config(config) -> ml_collections.ConfigDict:
+  """The config whose `data` is B's dataset."""
+  b = ml_collections.ConfigDict(config.to_dict())
+  b.data.name = config.merge.b_name or config.data.name
+  b.data.shift = config.merge.b_shift
+  return b
+
+
+class MergeTask(tasks.SupervisedTask):
+  """D_merge for training (the union of A's and B's training splits, or of their coresets)
+  and the splits `test_a`, `test_b`, `train_a`, `train_b`."""
+
+  def __init__(self, config, num_devices: int = 1):
+    merge = config.merge
+    if merge.data not in DATA:
+      raise unknown("merge data (merge.data)", merge.data, DATA)
+    self._merge = merge
+    self.b = tasks.SupervisedTask(b_config(config), num_devices)
+    super().__init__(config, num_devices)
+    if (self.b.spec.input_shape, self.b.spec.num_classes) != (self.spec.input_shape,
+                                                              self.spec.num_classes):
+      raise UserError(f"the two datasets differ: A is {self.spec.input_shape} with "
+                      f"{self.spec.num_classes} classes, B {self.b.spec.input_shape} with "
+                      f"{self.b.spec.num_classes}; merging needs one input shape and head")
+
+  def train_arrays(self) -> tasks.Arrays:
+    if "merge" not in self._cache:
+      a, b = super().train_arrays(), self.b.train_arrays()
+      if self._merge.data == "coreset":
+        seed = self._merge.coreset_seed
+        a, b = coreset(a, self._merge.ipc, seed), coreset(b, self._merge.ipc, seed + 1)
+      self._cache["merge"] = {k: np.concatenate([a[k], b[k]]) for k in ("image", "label")}
+    return self._cache["merge"]
+
+  def split_arrays(self, split: str) -> tasks.Arrays:
+    side, _, which = split.rpartition("_")
+    sides = {"test": self._merge.test_split, "train": self._data.train_split}
+    if which in ("a", "b") and side in sides:
+      own = super().split_arrays if which == "a" else self.b.split_arrays
+      return own(sides[side])
+    return super().split_arrays(split)  # A's own splits (its training pool)
+
+
+def _check_endpoint_data(config) -> None:
+  """An endpoint run trained on another dataset than the one the merge evaluates it on (a
+  forgotten merge.b_shift) is one line, not a silently wrong table."""
+  b = b_config(config)
+  for name, data in (("model_a", config.data), ("model_b", b.data)):
+    workdir = config.get("inputs", {}).get(name, "")
+    if not workdir or workdir.endswith(".npz") or not os.path.exists(
+        os.path.join(workdir, "config.json")):
+      continue
+    with open(os.path.join(workdir, "config.json")) as f:
+      trained = json.load(f).get("data", {})
+    for field in ("name", "shift"):
+      if trained.get(field, "") != data.get(field, ""):
+        which = "merge.b_" + field if name == "model_b" else "data." + field
+        raise UserError(f"inputs.{name} was trained with data.{field}="
+                        f"{trained.get(field, '')!r} but this merge evaluates it on "
+                        f"{data.get(field, '')!r}: set {which} to match")
+
+
+def make_task(config, num_devices: int = 1, *, matching: str) -> MergeTask:
+  merge = config.merge
+  if merge.points < 3 or merge.points % 2 == 0:
+    raise UserError(f"merge.points={merge.points} must be odd and at least 3 (the grid holds "
+                    "lam = 0, 0.5 and 1)")
+  if matching != "ste" and config.train.steps != 0:
+    raise UserError(f"{'weight' if matching == 'weight' else 'activation'} matching has no "
+                    f"training step: set train.steps=0 (it is {config.train.steps})")
+  _check_endpoint_data(config)
+  for split in (s.strip() for s in config.data.eval_splits.split(",") if s.strip()):
+    if split not in SPLITS:
+      raise unknown("evaluation split of a merge run (data.eval_splits)", split, SPLITS)
+  return MergeTask(config, num_devices)
+
+
+# -- state ----------------------------------------------------------------------------------
+
+
+def _model(config, spec: tasks.Spec):
+  return models.build(config.model, spec.num_classes)
+
+
+def permutation_spec(config, spec: tasks.Spec) -> permutation.Spec:
+  model = _model(config, spec)
+  like = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                           jnp.zeros((2,) + tuple(spec.input_shape))))
+  return permutation.derive(model, like, spec.input_shape)
+
+
+def init(config, rng: jax.Array, spec: tasks.Spec, *, matching: str) -> MergeState:
+  del matching
+  variables = _model(config, spec).init(rng, jnp.zeros((2,) + tuple(spec.input_shape)))
+  params = variables.pop("params")
+  tx = optim.make_optimizer(config.optimizer, config.train.steps)
+  perms = matching_lib.identity(permutation_spec(config, spec))
+  return MergeState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
+                    opt_state=tx.init(params), perms=perms, best_perms=perms,
+                    best_loss=jnp.array(jnp.inf, jnp.float32))
+
+
+def start_from(state: MergeState, train_data, *, config, spec, matching: str) -> MergeState:
+  """theta~ starts at theta_A; weight / activation matching solve their permutations here."""
+  a, b = state.frozen["model_a"], state.frozen["model_b"]
+  pspec = permutation_spec(config, spec)
+  key = jax.random.key(config.seed)
+  state = state.replace(params=a["params"], opt_state=optim.make_optimizer(
+      config.optimizer, config.train.steps).init(a["params"]))
+  if matching == "weight":
+    perms = matching_lib.weight_matching(pspec, a, b, key, config.merge.wm_max_iter)
+  elif matching == "activation":
+    images = augment.to_float(train_data["image"])
+    if config.merge.am_examples:
+      chosen = jax.random.permutation(key, images.shape[0])[:config.merge.am_examples]
+      images = images[chosen]
+    perms = matching_lib.activation_matching(pspec, _model(config, spec), a, b, images,
+                                             config.merge.am_correlation)
+  else:
+    return state
+  return state.replace(perms=perms, best_perms=perms)
+
+
+# -- the STE step ---------------------------------------------------------------------------
+
+
+def _forward(model, variables, x: jax.Array) -> jax.Array:
+  """Logits; a BatchNorm network uses the batch's statistics (the reset on D_merge)."""
+  if repair.has_batch_stats(variables):
+    return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+  return model.apply(variables, x, train=False)
+
+
+def train_step(state: MergeState, batch, rng: jax.Array, *, config, spec, matching: str):
+  if matching != "ste":  # make_task allows no step; traced once by the loop's checks
+    return state.replace(step=state.step + 1), {"loss": jnp.zeros(())}
+  model = _model(config, spec)
+  pspec = permutation_spec(config, spec)
+  a, b = state.frozen["model_a"], state.frozen["model_b"]
+  perms = matching_lib.weight_matching(pspec, {"params": state.params}, b, rng,
+                                       config.merge.ste_max_iter, init=state.perms)
+  projected = permutation.permute(b, pspec, perms)
+
+  def loss_fn(params):
+    ste = jax.tree.map(lambda p, free: jax.lax.stop_gradient(p) + free
+                       - jax.lax.stop_gradient(free), projected["params"], params)
+    middle = interpolate.lerp(0.5, a, {**projected, "params": ste})
+    logits = _forward(model, middle, batch["image"])
+    return losses.cross_entropy(logits, batch["label"]).mean(), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  better = loss < state.best_loss
+  changed = sum(jnp.sum(perms[g] != state.perms[g]) for g in perms)
+  state = optim.apply_gradients(
+      state, grads, config, perms=perms,
+      best_perms=jax.tree.map(lambda new, old: jnp.where(better, new, old), perms,
+                              state.best_perms),
+      best_loss=jnp.where(better, loss, state.best_loss))
+  metrics = {"loss": loss, "accuracy": losses.correct(logits, batch["label"]).mean(),
+             "best_loss": state.best_loss, "grad_norm": optax.tree.norm(grads),
+             "units_moved": changed.astype(jnp.float32)}
+  return state, metrics
+
+
+# -- evaluation -----------------------------------------------------------------------------
+
+
+def merged_endpoints(state: MergeState, config, spec):
+  """(theta_A, pi(theta_B)) under the best permutations."""
+  pspec = permutation_spec(config, spec)
+  return state.frozen["model_a"], permutation.permute(state.frozen["model_b"], pspec,
+                                                       state.best_perms)
+
+
+def eval_step(state: MergeState, batch, key: jax.Array, *, config, spec, matching: str):
+  """The midpoint lam = 0.5 in eval mode (BatchNorm: the interpolated running statistics;
+  the reset ones are in `report`'s curves)."""
+  del key, matching
+  a, b = merged_endpoints(state, config, spec)
+  logits = _model(config, spec).apply(interpolate.lerp(0.5, a, b), batch["image"], train=False)
+  return {"accuracy": losses.correct(logits, batch["label"]),
+          "loss": losses.cross_entropy(logits, batch["label"])}
+
+
+def _reset_batches(task: MergeTask, config) -> jax.Array:
+  """[k, b, ...] float images of D_merge for the statistics reset."""
+  images = task.train_arrays()["image"]
+  size = min(config.train.batch_size, len(images))
+  count = max(1, min(config.merge.repair_batches, len(images) // size))
+  order = np.random.default_rng(config.seed).permutation(len(images))[:count * size]
+  return augment.to_float(jnp.asarray(images[order].reshape((count, size) + images.shape[1:])))
+
+
+def curves(model, a, b, task: MergeTask, split: str, lams: jax.Array, reset) -> Dict[str, Any]:
+  """{arm: {"accuracy": [L], "loss": [L]}} on `split` for the lerp of a and b (`merged`) and
+  the lam-mixture of their probabilities (`ensemble`)."""
+  stacked = jax.jit(jax.vmap(lambda lam: reset(interpolate.lerp(lam, a, b))))(lams)
+
+  @jax.jit
+  def sums(stacked, data, index):
+    batch = task.eval_batch(data, index)
+    x, y, m = batch["image"], batch["label"], batch["mask"]
+    score = lambda logp: (jnp.sum(m * (jnp.argmax(logp, -1) == y)),
+                          -jnp.sum(m * jnp.take_along_axis(logp, y[:, None], 1)[:, 0]))
+    line = jax.vmap(lambda v: score(jax.nn.log_softmax(model.apply(v, x, train=False))))(
+        stacked)
+    pa = jax.nn.softmax(model.apply(a, x, train=False))
+    pb = jax.nn.softmax(model.apply(b, x, train=False))
+    mix = jax.vmap(lambda lam: score(jnp.log((1 - lam) * pa + lam * pb + 1e-12)))(lams)
+    return line, mix, jnp.sum(m)
+
+  data = jax.tree.map(jnp.asarray, task.eval_arrays(split))
+  totals = None
+  for index in range(task.num_eval_batches(data)):
+    out = jax.device_get(sums(stacked, data, jnp.int32(index)))
+    totals = out if totals is None else jax.tree.map(np.add, totals, out)
+  (correct, loss), (mix_correct, mix_loss), n = totals
+  return {"merged": {"accuracy": correct / n, "loss": loss / n},
+          "ensemble": {"accuracy": mix_correct / n, "loss": mix_loss / n}}
+
+
+def l2_distance(a, b) -> float:
+  return float(optax.tree.norm(jax.tree.map(jnp.subtract, a["params"], b["params"])))
+
+
+def plot(table: Dict[str, Any], lams: np.ndarray, path: str, title: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+  for arm, style in zip(ARMS, ("--", "-", ":")):
+    for split, colour in (("test_a", "tab:blue"), ("test_b", "tab:orange"),
+                          ("double_test", "black")):
+      for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.plot(lams, table[arm][split][metric], style, color=colour,
+                label=f"{arm} {split}" if metric == "accuracy" else None)
+  for ax, metric in zip(axes, ("accuracy", "loss")):
+    ax.set_xlabel("lambda (0 = A, 1 = pi(B))")
+    ax.set_ylabel(metric)
+  axes[0].legend(fontsize=6, ncol=3)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, write_files: bool,
+           matching: str) -> Dict[str, float]:
+  model = _model(config, spec)
+  lams = interpolate.grid(config.merge.points)
+  mid = config.merge.points // 2
+  a, b_merged = merged_endpoints(state, config, spec)
+  b = state.frozen["model_b"]
+  batches = _reset_batches(task, config) if config.merge.repair else None
+  reset = ((lambda v: repair.reset_batch_stats(model, v, batches)) if batches is not None
+           else (lambda v: v))
+  table = {arm: {} for arm in ARMS}
+  for split in ("test_a", "test_b"):
+    merged = curves(model, a, b_merged, task, split, lams, reset)
+    table["merged"][split], table["ensemble"][split] = merged["merged"], merged["ensemble"]
+    table["naive"][split] = curves(model, a, b, task, split, lams, reset)["merged"]
+  results = {}
+  for arm in ARMS:
+    table[arm]["double_test"] = {m: (table[arm]["test_a"][m] + table[arm]["test_b"][m]) / 2
+                                 for m in ("accuracy", "loss")}
+    for split, values in table[arm].items():
+      acc, loss = np.asarray(values["accuracy"]), np.asarray(values["loss"])
+      results[f"{arm}/{split}/accuracy_mid"] = float(acc[mid])
+      results[f"{arm}/{split}/loss_mid"] = float(loss[mid])
+    acc, loss = (jnp.asarray(table[arm]["double_test"][m]) for m in ("accuracy", "loss"))
+    results[f"{arm}/loss_barrier"] = float(interpolate.barrier(loss, lams))
+    results[f"{arm}/accuracy_barrier"] = float(interpolate.barrier(-acc, lams))
+  for name, (split, index) in {"endpoint_a/test_a": ("test_a", 0),
+                               "endpoint_a/test_b": ("test_b", 0),
+                               "endpoint_b/test_a": ("test_a", -1),
+                               "endpoint_b/test_b": ("test_b", -1)}.items():
+    results[f"{name}/accuracy"] = float(np.asarray(table["naive"][split]["accuracy"])[index])
+  results["distance/naive"] = l2_distance(a, b)
+  results["distance/merged"] = l2_distance(a, b_merged)
+  results["distance/ratio"] = results["distance/merged"] / max(results["distance/naive"], 1e-12)
+  if write_files:
+    listed = jax.tree.map(lambda v: np.asarray(v).tolist(), table)
+    with open(os.path.join(workdir, "merge_curves.json"), "w") as f:
+      json.dump({"lams": np.asarray(lams).tolist(), **listed}, f, indent=1)
+    np.savez(os.path.join(workdir, "perms.npz"),
+             **{g: np.asarray(p) for g, p in state.best_perms.items()})
+    plot(table, np.asarray(lams), os.path.join(workdir, "merge_curves.png"),
+         f"{matching} matching: double-test accuracy at lam=0.5 "
+         f"{100 * results['merged/double_test/accuracy_mid']:.1f}% (naive "
+         f"{100 * results['naive/double_test/accuracy_mid']:.1f}%)")
+  return results
