@@ -17,7 +17,11 @@ the STE permutation search (jaxlab.methods.merge; robustness_tta_merging.md §5(
                    sweeps per step warm-started; on a coreset (10 per class per dataset, 200
                    images, the whole set each step): 5,000 epochs at lr 0.5, x0.1 at 50% and
                    75% (§5(d)).
-  tiny_endpoint, tiny
+  digits_condense  DC (jaxlab.merge.condense) of digits or a shifted digits set (shift, ipc 10
+                   or 1): 300 iterations with DC's settings and MLP (128-128); reports fresh
+                   MLPs trained on the set and on a random coreset of the same size. Its
+                   workdirs are merge.condensed_a / _b of `digits,data=condensed`.
+  tiny_endpoint, tiny, tiny_condense
                    a few steps with a 32-unit MLP; for tests.
 """
 
@@ -29,8 +33,18 @@ from jaxlab.config import base_config, presets
 def merge_block(**overrides) -> ml_collections.ConfigDict:
   """The `merge` fields (jaxlab.methods.merge) with their defaults."""
   block = dict(b_name="", b_shift="", data="full", ipc=10, coreset_seed=0, test_split="test",
+               condensed_a="", condensed_b="",
                points=25, wm_max_iter=300, ste_max_iter=100, am_examples=0,
                am_correlation=False, repair=True, repair_batches=20)
+  block.update(overrides)
+  return ml_collections.ConfigDict(block)
+
+
+def condense_block(**overrides) -> ml_collections.ConfigDict:
+  """The `condense` fields (jaxlab.merge.condense, DC's settings for 10 images per class)."""
+  block = dict(ipc=10, outer_loop=10, inner_loop=50, batch_real=256, lr_img=0.1,
+               momentum_img=0.5, lr_net=0.01, clip=True, eval_models=5, eval_steps=300,
+               eval_lr=0.01, coreset_seed=0, test_split="test")
   block.update(overrides)
   return ml_collections.ConfigDict(block)
 
@@ -65,13 +79,27 @@ def digits(method="merge_ste", b_shift="rotate:90", data="full", seed=0):
                           schedule="constant"))
   c.train.update(dict(steps=100 * 2876 // 500, batch_size=500, log_every=50, eval_every=0,
                       checkpoint_every=0))
-  if data == "coreset":
+  if data in ("coreset", "condensed"):
     epochs = 5000  # the 200-image union, one batch of all of it per step
     c.optimizer.update(dict(learning_rate=0.5, schedule="step",
                             step_boundaries=(epochs // 2, 3 * epochs // 4), step_factor=0.1))
     c.train.update(dict(steps=epochs, batch_size=200, log_every=500))
   if method != "merge_ste":
     c.train.steps = 0
+  return c
+
+
+def digits_condense(shift="", ipc=10, seed=0, iterations=300):
+  c = _mlp(base_config(), (128, 128))  # DC's MLP
+  c.method = "condense_dc"
+  c.seed = seed
+  c.data.name = "digits"
+  c.data.shift = shift
+  c.data.eval_splits = ""
+  c.condense = condense_block(ipc=ipc, outer_loop=10 if ipc >= 10 else 1,
+                              inner_loop=50 if ipc >= 10 else 1)
+  c.train.update(dict(steps=iterations, log_every=50, eval_every=0,
+                      checkpoint_every=iterations))
   return c
 
 
@@ -91,17 +119,29 @@ def tiny(method="merge_ste", b_shift="rotate:90", data="full"):
   return c
 
 
+def tiny_condense(shift=""):
+  c = digits_condense(shift, ipc=2, iterations=4)
+  c.model.hidden = (16,)
+  c.condense.update(dict(outer_loop=3, inner_loop=2, batch_real=16, eval_models=2,
+                         eval_steps=20))
+  return c
+
+
 DEFAULT = "digits"
 ROWS = [
     ("digits_endpoint", "MLP 64-128-128-128-10 on digits, rotated or pixel-permuted digits: "
      "the endpoints of the §5(g) merges"),
     ("digits", "merging two digits endpoints: weight matching, activation matching or the "
      "STE permutation search on the union or a random coreset; curves over 25 lambda"),
-    ("tiny_endpoint, tiny", "a few steps of 32-unit MLPs; for tests and smoke runs"),
+    ("digits_condense", "dataset condensation by gradient matching (DC) of digits or a shifted "
+     "digits set, 10 (or 1) images per class, with its fresh-model and random-coreset "
+     "accuracies"),
+    ("tiny_endpoint, tiny, tiny_condense", "a few steps of 32-unit MLPs; for tests and smoke runs"),
 ]
 
 PRESETS = {"digits_endpoint": digits_endpoint, "digits": digits,
-           "tiny_endpoint": tiny_endpoint, "tiny": tiny}
+           "digits_condense": digits_condense, "tiny_endpoint": tiny_endpoint, "tiny": tiny,
+           "tiny_condense": tiny_condense}
 
 
 def get_config(arg=None):

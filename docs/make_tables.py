@@ -61,6 +61,9 @@ TTA_CORRUPTIONS = ["gaussian_noise", "salt_pepper", "box_blur", "contrast", "bri
 # Columns computed from a run's other test metrics (before scaling), for the runs that have
 # them: name -> (metrics needed, function of them). NRR is the harmonic mean of clean and
 # AA-lite accuracy (robustness_tta_merging.md §0.3).
+MERGE_PAIRS = ["same", "rot15", "rot30", "rot45", "rot60", "rot75", "rot90", "permuted"]
+MERGE_ARMS = ["wm", "am", "ste_full", "ste_condensed", "ste_coreset"]
+
 DERIVED = {
     "nrr": (("accuracy", "robust_accuracy/aa_lite"),
             lambda sa, ra: 2 * sa * ra / max(sa + ra, 1e-12)),
@@ -166,6 +169,27 @@ TABLES = {
     "tta_digits_single_corruptions": ("tta.md", "online/*", 100.0,
                                       [f"{c}/5/error" for c in TTA_CORRUPTIONS], TTA_ARMS,
                                       ("tta_digits", "*", "single")),
+    "merge_digits": ("merge.md", "merged/double_test/accuracy_mid", 100.0, MERGE_PAIRS,
+                     MERGE_ARMS),
+    "merge_digits_naive": ("merge.md", "naive/double_test/accuracy_mid", 100.0, MERGE_PAIRS,
+                           ["wm"], ("merge_digits", "*", "wm")),
+    "merge_digits_ensemble": ("merge.md", "ensemble/double_test/accuracy_mid", 100.0,
+                              MERGE_PAIRS, ["wm"], ("merge_digits", "*", "wm")),
+    "merge_digits_barrier": ("merge.md", "merged/accuracy_barrier", 100.0, MERGE_PAIRS,
+                             MERGE_ARMS, ("merge_digits", "*")),
+    "merge_digits_distance": ("merge.md", "distance/ratio", 1.0, MERGE_PAIRS, MERGE_ARMS,
+                              ("merge_digits", "*")),
+    "merge_digits_alignment": ("merge.md", "alignment/merged/R", 1.0, MERGE_PAIRS, MERGE_ARMS,
+                               ("merge_digits", "*")),
+    "merge_digits_alignment_a5": ("merge.md", "alignment/merged/A_5", 1.0, MERGE_PAIRS,
+                                  MERGE_ARMS, ("merge_digits", "*")),
+    "merge_digits_alignment_naive": ("merge.md", "alignment/naive/R", 1.0, MERGE_PAIRS,
+                                     ["wm"], ("merge_digits", "*", "wm")),
+    "merge_digits_condense": ("merge.md", "condensed/test/accuracy", 100.0,
+                              ["digits", "rot90", "permuted"], ["dc"]),
+    "merge_digits_coreset": ("merge.md", "coreset/test/accuracy", 100.0,
+                             ["digits", "rot90", "permuted"], ["dc"],
+                             ("merge_digits_condense", "*")),
     "tta_digits_align": ("tta.md", "train/align", 1.0,
                          ["cafe", "cafe_no_im", "cafe_ungrouped", "cafe_ungrouped_shrink"],
                          ["mixed"], ("tta_digits", "*", "mixed")),

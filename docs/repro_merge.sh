@@ -23,6 +23,7 @@ arm_args() {  # arm -> preset arguments
     am) echo "method=merge_am" ;;
     ste_full) echo "method=merge_ste,data=full" ;;
     ste_coreset) echo "method=merge_ste,data=coreset" ;;
+    ste_condensed) echo "method=merge_ste,data=condensed" ;;
   esac
 }
 
@@ -33,11 +34,21 @@ for seed in $SEEDS; do
   for angle in 15 30 45 60 75 90; do endpoint rot$angle "$seed" rotate:$angle 300; done
   # same data: B is digits too (b_shift "")
   merge same wm digits2 "" "$seed" --config=configs/merge.py:digits,method=merge_wm,b_shift=,seed=$seed
-  for arm in wm am ste_full ste_coreset; do
+  condensed="$RUNS/merge_digits_condense"
+  run "$condensed/digits/dc/seed$seed" --config=configs/merge.py:digits_condense,seed=$seed
+  run "$condensed/rot90/dc/seed$seed" \
+      --config=configs/merge.py:digits_condense,shift=rotate:90,seed=$seed
+  run "$condensed/permuted/dc/seed$seed" \
+      --config=configs/merge.py:digits_condense,shift=permute_pixels:0,seed=$seed
+  for arm in wm am ste_full ste_coreset ste_condensed; do
     merge rot90 $arm rot90 rotate:90 "$seed" \
-        --config=configs/merge.py:digits,$(arm_args $arm),b_shift=rotate:90,seed=$seed
+        --config=configs/merge.py:digits,$(arm_args $arm),b_shift=rotate:90,seed=$seed \
+        --config.merge.condensed_a="$condensed/digits/dc/seed$seed" \
+        --config.merge.condensed_b="$condensed/rot90/dc/seed$seed"
     merge permuted $arm permuted permute_pixels:0 "$seed" \
-        --config=configs/merge.py:digits,$(arm_args $arm),b_shift=permute_pixels:0,seed=$seed
+        --config=configs/merge.py:digits,$(arm_args $arm),b_shift=permute_pixels:0,seed=$seed \
+        --config.merge.condensed_a="$condensed/digits/dc/seed$seed" \
+        --config.merge.condensed_b="$condensed/permuted/dc/seed$seed"
   done
   for angle in 15 30 45 60 75; do  # the rotation sweep (90 is above)
     merge rot$angle wm rot$angle rotate:$angle "$seed" \

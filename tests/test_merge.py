@@ -131,3 +131,20 @@ def test_activation_matching_recovers_a_known_permutation_and_rejects_residual_g
   spec = permutation.derive(model, variables, shape)
   with pytest.raises(UserError, match="residual stream"):
     matching.activation_matching(spec, model, variables, variables, jnp.zeros((2,) + shape))
+
+
+def test_permutation_keeps_singular_values_and_alignment_recovers_after_matching():
+  from jaxlab.merge import analysis  # pylint: disable=g-import-not-at-top
+  model, variables, shape, _ = _model("mlp")
+  spec = permutation.derive(model, variables, shape)
+  scrambled = permutation.permute(variables, spec, permutation.random_permutations(
+      spec, jax.random.key(3)))
+  for before, after in zip(analysis.singular_values(variables),
+                           analysis.singular_values(scrambled)):
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+  assert float(analysis.alignment(variables, variables)["R"]) == pytest.approx(1.0, abs=1e-5)
+  assert float(analysis.alignment(variables, variables)["A_k"]) == pytest.approx(1.0, abs=1e-5)
+  assert float(analysis.alignment(variables, scrambled)["R"]) < 0.9
+  found = matching.weight_matching(spec, variables, scrambled, jax.random.key(0))
+  restored = permutation.permute(scrambled, spec, found)
+  assert float(analysis.alignment(variables, restored)["R"]) == pytest.approx(1.0, abs=1e-5)

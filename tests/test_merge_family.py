@@ -11,13 +11,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
 from jaxlab import models
 from jaxlab.data import tasks
 from jaxlab.errors import UserError
-from jaxlab.merge import repair
+from jaxlab.merge import condense, repair
 from jaxlab.methods import merge
 
 from conftest import cli
@@ -87,7 +88,9 @@ def endpoints(tmp_path_factory):
 
 
 def _merge(root, name, *args):
-  code, _, err = cli("--config=configs/merge.py:tiny," + ",".join(args),
+  preset = [a for a in args if not a.startswith("--")]
+  flags = [a for a in args if a.startswith("--")]
+  code, _, err = cli("--config=configs/merge.py:tiny," + ",".join(preset), *flags,
                      f"--config.inputs.model_a={root / 'a'}",
                      f"--config.inputs.model_b={root / 'b'}", f"--workdir={root / name}")
   assert code == 0, err
@@ -146,3 +149,59 @@ def test_bad_merge_inputs_are_one_line(endpoints, args, message):
   assert code != 0
   assert message in err and len(err.strip().splitlines()) == 1, err
   assert not os.path.exists(endpoints / "bad" / "results.json")
+
+
+def test_dc_distance_matches_a_direct_cosine_computation_and_ignores_biases():
+  rng = np.random.default_rng(0)
+  real = {"b": jnp.asarray(rng.normal(size=4)), "k": jnp.asarray(rng.normal(size=(3, 4)))}
+  syn = {"b": jnp.asarray(rng.normal(size=4)), "k": jnp.asarray(rng.normal(size=(3, 4)))}
+  kr, ks = np.asarray(real["k"]).T, np.asarray(syn["k"]).T  # rows = the 4 output units
+  expected = np.sum(1 - np.sum(kr * ks, 1) / (np.linalg.norm(kr, axis=1) *
+                                              np.linalg.norm(ks, axis=1)))
+  assert float(condense.distance(real, syn)) == pytest.approx(expected, rel=1e-5)
+  assert float(condense.distance(real, real)) == pytest.approx(0.0, abs=1e-5)
+  # a dead unit (a zero gradient row) gives a finite gradient
+  dead = {"b": syn["b"], "k": syn["k"].at[:, 0].set(0.0)}
+  grad = jax.grad(lambda s: condense.distance(real, s))(dead)
+  assert np.isfinite(np.asarray(grad["k"])).all()
+
+
+def test_dc_matching_loss_decreases_and_images_stay_in_range():
+  model = models.build(ml_collections.ConfigDict(dict(name="mlp", hidden=(16,))), 3)
+  key = jax.random.key(0)
+  real = jax.random.uniform(jax.random.key(1), (4, 3, 12, 4, 4, 1))  # [outer, C, b, ...]
+  real = real + jnp.arange(3)[None, :, None, None, None, None] * 0.2  # classes differ
+  synthetic = jnp.clip(jax.random.normal(jax.random.key(2), (3, 2, 4, 4, 1)), 0, 1)
+  params = model.init(key, synthetic[0])["params"]
+  loss = lambda s: condense.matching_loss(model, params, s, real[0])
+  tx = optax.sgd(0.1, momentum=0.5)
+  state, s, first = tx.init(synthetic), synthetic, float(loss(synthetic))
+  for _ in range(20):  # S updates against one network: the loss it matches goes down
+    updates, state = tx.update(jax.grad(loss)(s), state, s)
+    s = jnp.clip(optax.apply_updates(s, updates), 0, 1)
+  assert float(loss(s)) < 0.8 * first
+  out, _, mean_loss = jax.jit(lambda s, o: condense.iteration(
+      model, s, o, tx, real, key, inner_loop=3, lr_net=0.01, clip=True))(
+          synthetic, tx.init(synthetic))
+  assert np.isfinite(float(mean_loss))
+  assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+  assert not np.allclose(np.asarray(out), np.asarray(synthetic))
+
+
+def test_condensed_sets_feed_the_ste_merge(endpoints):
+  for name, shift in (("dc_a", ""), ("dc_b", "rotate:90")):
+    code, _, err = cli(f"--config=configs/merge.py:tiny_condense,shift={shift}",
+                       f"--workdir={endpoints / name}")
+    assert code == 0, err
+  with np.load(endpoints / "dc_a" / "condensed.npz") as saved:
+    assert saved["image"].shape == (20, 8, 8, 1) and saved["label"].tolist() == sorted(
+        list(range(10)) * 2)
+  with open(endpoints / "dc_a" / "results.json") as f:
+    results = json.load(f)
+  assert 0.0 <= results["condensed/image_min"] <= results["condensed/image_max"] <= 1.0
+  merged = _merge(endpoints, "ste_dc", "method=merge_ste", "data=condensed",
+                  f"--config.merge.condensed_a={endpoints / 'dc_a'}",
+                  f"--config.merge.condensed_b={endpoints / 'dc_b'}",
+                  "--config.train.steps=3")
+  # the step read the 40 condensed images (a batch of 500 drawn from them with replacement)
+  assert np.isfinite(merged["train/best_loss"]) and 0 < merged["train/best_loss"] < 10

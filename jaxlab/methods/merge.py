@@ -49,7 +49,7 @@ import optax
 from jaxlab import models
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError, unknown
-from jaxlab.merge import interpolate, matching as matching_lib, permutation, repair
+from jaxlab.merge import analysis, condense, interpolate, matching as matching_lib, permutation, repair
 from jaxlab.train import inputs as inputs_lib
 from jaxlab.train import losses, optim
 from jaxlab.train.protocol import Variant
@@ -60,7 +60,7 @@ _ENDPOINTS = (inputs_lib.own_model("model_a", "endpoint A (a classifier run on d
 VARIANTS = {name: Variant(matching=kind, inputs=_ENDPOINTS, blocks=("merge",))
             for name, kind in (("merge_wm", "weight"), ("merge_am", "activation"),
                                ("merge_ste", "ste"))}
-DATA = ("full", "coreset")
+DATA = ("full", "coreset", "condensed")
 ARMS = ("naive", "merged", "ensemble")
 SPLITS = ("test_a", "test_b", "train_a", "train_b")
 
@@ -86,6 +86,16 @@ def coreset(arrays: tasks.Arrays, ipc: int, seed: int) -> tasks.Arrays:
     keep.append(rng.choice(where, ipc, replace=False))
   keep = np.sort(np.concatenate(keep))
   return {k: v[keep] for k, v in arrays.items()}
+
+
+def condensed_set(workdir: str, field: str) -> tasks.Arrays:
+  """The synthetic set a `condense_dc` run wrote (float images, labels)."""
+  path = os.path.join(workdir, "condensed.npz")
+  if not workdir or not os.path.exists(path):
+    raise UserError(f"{field}={workdir!r} holds no condensed.npz: give the workdir of a "
+                    "finished condense_dc run (configs/merge.py:digits_condense)")
+  with np.load(path) as saved:
+    return {"image": saved["image"].astype(np.float32), "label": saved["label"]}
 
 
 def b_config(config) -> ml_collections.ConfigDict:
@@ -119,6 +129,9 @@ class MergeTask(tasks.SupervisedTask):
       if self._merge.data == "coreset":
         seed = self._merge.coreset_seed
         a, b = coreset(a, self._merge.ipc, seed), coreset(b, self._merge.ipc, seed + 1)
+      elif self._merge.data == "condensed":
+        a, b = (condensed_set(self._merge[f"condensed_{side}"], f"merge.condensed_{side}")
+                for side in ("a", "b"))
       self._cache["merge"] = {k: np.concatenate([a[k], b[k]]) for k in ("image", "label")}
     return self._cache["merge"]
 
@@ -368,6 +381,10 @@ def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, wr
   results["distance/naive"] = l2_distance(a, b)
   results["distance/merged"] = l2_distance(a, b_merged)
   results["distance/ratio"] = results["distance/merged"] / max(results["distance/naive"], 1e-12)
+  for name, other in (("naive", b), ("merged", b_merged)):
+    aligned = jax.device_get(analysis.alignment(a, other, k=5))
+    results[f"alignment/{name}/R"] = float(aligned["R"])
+    results[f"alignment/{name}/A_5"] = float(aligned["A_k"])
   if write_files:
     listed = jax.tree.map(lambda v: np.asarray(v).tolist(), table)
     with open(os.path.join(workdir, "merge_curves.json"), "w") as f:
@@ -379,3 +396,121 @@ def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, wr
          f"{100 * results['merged/double_test/accuracy_mid']:.1f}% (naive "
          f"{100 * results['naive/double_test/accuracy_mid']:.1f}%)")
   return results
+
+
+# -- condense_dc: the condensed D_merge ------------------------------------------------------
+
+
+class CondenseTask(tasks.SupervisedTask):
+  """The training split arranged by class on the device ([C, m, ...], m the smallest class
+  count, each class's first m of a seeded permutation); a batch is every outer step's real
+  batch of every class ([outer_loop, C, min(batch_real, m), ...])."""
+
+  def __init__(self, config, num_devices: int = 1):
+    self._condense = config.condense
+    super().__init__(config, num_devices)
+
+  def class_table(self) -> tasks.Arrays:
+    arrays = self.train_arrays()
+    labels = arrays["label"]
+    classes = self.spec.num_classes
+    counts = np.bincount(labels, minlength=classes)
+    if counts.min() < 1:
+      raise UserError(f"class {int(np.argmin(counts))} has no training images to condense")
+    rng = np.random.default_rng(self._data.split_seed)
+    rows = [rng.permutation(np.flatnonzero(labels == c))[:counts.min()] for c in range(classes)]
+    return {"by_class": arrays["image"][np.stack(rows)]}
+
+  def _device_train(self, mesh):
+    if getattr(self, "_on_device", None) is None:
+      from jaxlab.train import sharding  # pylint: disable=g-import-not-at-top
+      self._on_device = sharding.put_replicated(self.class_table(), mesh)
+    return self._on_device
+
+  def train_batch(self, data, key: jax.Array, step: jax.Array):
+    table = data["by_class"]
+    classes, m = table.shape[:2]
+    size = min(self._condense.batch_real, m)
+    outer = self._condense.outer_loop
+    keys = jax.random.split(jax.random.fold_in(key, step), outer * classes).reshape(
+        outer, classes)
+    pick = jax.vmap(jax.vmap(lambda k, rows: rows[jax.random.permutation(k, m)[:size]],
+                             in_axes=(0, 0)), in_axes=(0, None))
+    return {"real": augment.to_float(pick(keys, table))}
+
+
+def _condense_tx(config) -> optax.GradientTransformation:
+  return optax.sgd(config.condense.lr_img, momentum=config.condense.momentum_img)
+
+
+def condense_make_task(config, num_devices: int = 1) -> CondenseTask:
+  if config.data.eval_splits.strip():
+    raise UserError("condense_dc is evaluated in its report (fresh models trained on the "
+                    f"condensed set): set data.eval_splits='' (it is "
+                    f"{config.data.eval_splits!r})")
+  task = CondenseTask(config, num_devices)
+  model = _model(config, task.spec)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                             jnp.zeros((2,) + task.spec.input_shape)))
+  if "batch_stats" in shapes:
+    raise UserError(f"condense_dc supports models without BatchNorm: set model.norm=none "
+                    f"(it is {config.model.get('norm', 'none')!r})")
+  return task
+
+
+def condense_init(config, rng: jax.Array, spec: tasks.Spec) -> TrainState:
+  synthetic = jax.random.normal(rng, (spec.num_classes, config.condense.ipc)
+                                + tuple(spec.input_shape))
+  if config.condense.clip:
+    synthetic = jnp.clip(synthetic, 0.0, 1.0)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=synthetic, model_state={},
+                    opt_state=_condense_tx(config).init(synthetic))
+
+
+def condense_step(state: TrainState, batch, rng: jax.Array, *, config, spec):
+  synthetic, opt_state, loss = condense.iteration(
+      _model(config, spec), state.params, state.opt_state, _condense_tx(config),
+      batch["real"], rng, inner_loop=config.condense.inner_loop,
+      lr_net=config.condense.lr_net, clip=config.condense.clip)
+  return state.replace(step=state.step + 1, params=synthetic, opt_state=opt_state), {
+      "matching_loss": loss, "image_min": synthetic.min(), "image_max": synthetic.max()}
+
+
+def _fresh_accuracy(config, spec, task: CondenseTask, images, labels) -> np.ndarray:
+  """Test accuracy of `condense.eval_models` fresh models trained on (images, labels)."""
+  model = _model(config, spec)
+  keys = jax.random.split(jax.random.key(config.seed + 1), config.condense.eval_models)
+  params = jax.jit(lambda x, y: condense.train_fresh(
+      model, x, y, keys, steps=config.condense.eval_steps,
+      learning_rate=config.condense.eval_lr))(jnp.asarray(images), jnp.asarray(labels))
+  test = task.split_arrays(config.condense.test_split)
+  x, y = augment.to_float(jnp.asarray(test["image"])), jnp.asarray(test["label"])
+  correct = jax.jit(jax.vmap(lambda p: jnp.mean(
+      jnp.argmax(model.apply({"params": p}, x), -1) == y)))(params)
+  return np.asarray(correct)
+
+
+def condense_report(state: TrainState, task: CondenseTask, workdir: str, *, config, spec,
+                    write_files: bool) -> Dict[str, float]:
+  synthetic = np.asarray(state.params, np.float32)
+  classes, ipc = synthetic.shape[:2]
+  images = synthetic.reshape((classes * ipc,) + synthetic.shape[2:])
+  labels = np.repeat(np.arange(classes), ipc).astype(np.int32)
+  picked = coreset(task.train_arrays(), ipc, config.condense.coreset_seed)
+  results = {}
+  for name, (x, y) in {"condensed": (images, labels),
+                       "coreset": (augment.to_float(jnp.asarray(picked["image"])),
+                                   picked["label"])}.items():
+    accuracy = _fresh_accuracy(config, spec, task, x, y)
+    results[f"{name}/test/accuracy"] = float(accuracy.mean())
+    results[f"{name}/test/accuracy_std"] = float(accuracy.std())
+  results["condensed/image_min"] = float(images.min())
+  results["condensed/image_max"] = float(images.max())
+  if write_files:
+    np.savez(os.path.join(workdir, "condensed.npz"), image=images, label=labels)
+  return results
+
+
+VARIANTS["condense_dc"] = Variant(blocks=("condense",), functions={
+    "make_task": condense_make_task, "init": condense_init, "train_step": condense_step,
+    "start_from": None, "eval_step": lambda *a, **k: {}, "report": condense_report})
