@@ -32,7 +32,7 @@ from jaxlab.config import base_config, presets
 
 def merge_block(**overrides) -> ml_collections.ConfigDict:
   """The `merge` fields (jaxlab.methods.merge) with their defaults."""
-  block = dict(b_name="", b_shift="", data="full", ipc=10, coreset_seed=0, test_split="test",
+  block = dict(b_name="", b_shift="", b_classes="", data="full", ipc=10, coreset_seed=0, test_split="test",
                condensed_a="", condensed_b="",
                points=25, wm_max_iter=300, ste_max_iter=100, am_examples=0,
                am_correlation=False, repair=True, repair_batches=20)

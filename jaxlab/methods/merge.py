@@ -23,7 +23,9 @@ Variants (bound option `matching`):
 D_merge (`merge.data`): `full` the union of A's and B's training splits; `coreset` a random
 `merge.ipc` images per class of each (fixed by `merge.coreset_seed`), the paper's random
 coreset baseline. (`condensed`, the DC sets, is not built yet.)
-B's dataset is `config.data` with `merge.b_name` (default: the same) and `merge.b_shift`
+B's dataset is `config.data` with `merge.b_name` (default: the same), `merge.b_classes`
+(default: the same; another label range relabelled from 0 is another dataset under the same
+head, as MNIST and Fashion-MNIST in the paper) and `merge.b_shift`
 (jaxlab.data.tasks.shift_images: rotated or pixel-permuted digits, §5(g)). Evaluation splits
 `test_a`, `test_b` (the midpoint under the current best permutations) and, in `report`,
 `double_test` as the code: the average of the two test sets' accuracies and NLLs, for the
@@ -103,6 +105,8 @@ def b_config(config) -> ml_collections.ConfigDict:
   b = ml_collections.ConfigDict(config.to_dict())
   b.data.name = config.merge.b_name or config.data.name
   b.data.shift = config.merge.b_shift
+  if config.merge.get("b_classes", ""):
+    b.data.classes = config.merge.b_classes
   return b
 
 
@@ -155,7 +159,7 @@ def _check_endpoint_data(config) -> None:
       continue
     with open(os.path.join(workdir, "config.json")) as f:
       trained = json.load(f).get("data", {})
-    for field in ("name", "shift"):
+    for field in ("name", "shift", "classes"):
       if trained.get(field, "") != data.get(field, ""):
         which = "merge.b_" + field if name == "model_b" else "data." + field
         raise UserError(f"inputs.{name} was trained with data.{field}="
