@@ -9,14 +9,15 @@ the STE permutation search (jaxlab.methods.merge; robustness_tta_merging.md §5(
 
   digits_endpoint  the §5(g) endpoint: MLP 64-128-128-128-10 on the embedded digits (shift:
                    "" | rotate:DEGREES | permute_pixels:SEED, the second dataset), SGD lr 0.1
-                   momentum 0.9, batch 128, 100 epochs (1,125 steps of the 1,438 images).
+                   momentum 0.9, batch 128, 100 epochs (1,123 steps of the 1,438 images).
   digits           the merge of two digits endpoints (method: merge_wm | merge_am |
-                   merge_ste; b_shift: B's shift, which must match B's run; data: full |
-                   coreset). STE on the full union: 100 epochs of batch 500 over the 2,876
+                   merge_ste, or merge_many for three with inputs.model_c; b_shift: B's
+                   shift, which must match B's run; data: full | coreset | condensed). STE on the full union: 100 epochs of batch 500 over the 2,876
                    images (575 steps), SGD lr 0.05 momentum 0.9, wd 1e-4, weight matching 100
                    sweeps per step warm-started; on a coreset (10 per class per dataset, 200
-                   images, the whole set each step): 5,000 epochs at lr 0.5, x0.1 at 50% and
-                   75% (§5(d)).
+                   images, the whole set each step; or the two DC sets of
+                   merge.condensed_a / _b): 5,000 epochs at lr 0.5, x0.1 at 50% and 75%
+                   (§5(d)). Endpoint 1,123 steps = 100 epochs of 128 (floor).
   digits_condense  DC (jaxlab.merge.condense) of digits or a shifted digits set (shift, ipc 10
                    or 1): 300 iterations with DC's settings and MLP (128-128); reports fresh
                    MLPs trained on the set and on a random coreset of the same size. Its
@@ -33,7 +34,7 @@ from jaxlab.config import base_config, presets
 def merge_block(**overrides) -> ml_collections.ConfigDict:
   """The `merge` fields (jaxlab.methods.merge) with their defaults."""
   block = dict(b_name="", b_shift="", b_classes="", data="full", ipc=10, coreset_seed=0, test_split="test",
-               condensed_a="", condensed_b="",
+               condensed_a="", condensed_b="", perms_b="", perms_c="",
                points=25, wm_max_iter=300, ste_max_iter=100, am_examples=0,
                am_correlation=False, repair=True, repair_batches=20)
   block.update(overrides)
@@ -74,7 +75,7 @@ def digits(method="merge_ste", b_shift="rotate:90", data="full", seed=0):
   c.data.name = "digits"
   c.data.eval_splits = "test_a,test_b"
   c.merge = merge_block(b_shift=b_shift, data=data)
-  c.inputs = ml_collections.ConfigDict(dict(model_a="", model_b=""))
+  c.inputs = ml_collections.ConfigDict(dict(model_a="", model_b="", model_c=""))
   c.optimizer.update(dict(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-4,
                           schedule="constant"))
   c.train.update(dict(steps=100 * 2876 // 500, batch_size=500, log_every=50, eval_every=0,

@@ -61,7 +61,7 @@ TTA_CORRUPTIONS = ["gaussian_noise", "salt_pepper", "box_blur", "contrast", "bri
 # Columns computed from a run's other test metrics (before scaling), for the runs that have
 # them: name -> (metrics needed, function of them). NRR is the harmonic mean of clean and
 # AA-lite accuracy (robustness_tta_merging.md §0.3).
-MERGE_PAIRS = ["same", "rot15", "rot30", "rot45", "rot60", "rot75", "rot90", "permuted"]
+MERGE_PAIRS = ["same", "same3", "rot15", "rot30", "rot45", "rot60", "rot75", "rot90", "permuted"]
 MERGE_ARMS = ["wm", "am", "ste_full", "ste_condensed", "ste_coreset"]
 
 DERIVED = {
@@ -185,6 +185,8 @@ TABLES = {
                                   MERGE_ARMS, ("merge_digits", "*")),
     "merge_digits_alignment_naive": ("merge.md", "alignment/naive/R", 1.0, MERGE_PAIRS,
                                      ["wm"], ("merge_digits", "*", "wm")),
+    "merge_digits_many": ("merge.md", "test_a/accuracy", 100.0, ["many3"], ["wm", "ste_full"],
+                          ("merge_digits", "many3")),
     "merge_digits_condense": ("merge.md", "condensed/test/accuracy", 100.0,
                               ["digits", "rot90", "permuted"], ["dc"]),
     "merge_digits_coreset": ("merge.md", "coreset/test/accuracy", 100.0,

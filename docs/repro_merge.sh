@@ -30,10 +30,24 @@ arm_args() {  # arm -> preset arguments
 for seed in $SEEDS; do
   endpoint digits "$seed" ""
   endpoint digits2 "$seed" "" 100           # the same-data pair: another seed
+  endpoint digits3 "$seed" "" 400           # a third, for the 3-model merge (§6.1)
   endpoint permuted "$seed" permute_pixels:0 200
   for angle in 15 30 45 60 75 90; do endpoint rot$angle "$seed" rotate:$angle 300; done
   # same data: B is digits too (b_shift "")
-  merge same wm digits2 "" "$seed" --config=configs/merge.py:digits,method=merge_wm,b_shift=,seed=$seed
+  for arm in wm am ste_full; do
+    merge same $arm digits2 "" "$seed" \
+        --config=configs/merge.py:digits,$(arm_args $arm),b_shift=,seed=$seed
+    merge same3 $arm digits3 "" "$seed" \
+        --config=configs/merge.py:digits,$(arm_args $arm),b_shift=,seed=$seed
+  done
+  # three models (A, B = digits2, C = digits3): B and C aligned to A by weight matching, or
+  # by the pairwise STE runs above, then averaged
+  for arm in wm ste_full; do
+    merge many3 $arm digits2 "" "$seed" \
+        --config=configs/merge.py:digits,method=merge_many,b_shift=,seed=$seed \
+        --config.inputs.model_c="$RUNS/merge_digits_endpoint/digits3/seed$seed" \
+        $( [ $arm = ste_full ] && echo "--config.merge.perms_b=$RUNS/merge_digits/same/ste_full/seed$seed --config.merge.perms_c=$RUNS/merge_digits/same3/ste_full/seed$seed" )
+  done
   condensed="$RUNS/merge_digits_condense"
   run "$condensed/digits/dc/seed$seed" --config=configs/merge.py:digits_condense,seed=$seed
   run "$condensed/rot90/dc/seed$seed" \

@@ -15,6 +15,7 @@ import optax
 import pytest
 from flax import traverse_util
 
+import jaxlab
 from jaxlab import models
 from jaxlab.data import tasks
 from jaxlab.errors import UserError
@@ -132,12 +133,37 @@ def test_a_model_merged_with_itself_is_itself(endpoints):
       np.testing.assert_array_equal(p, np.arange(len(p)))
 
 
+def test_three_copies_of_a_model_average_to_it_and_saved_permutations_are_checked(endpoints):
+  a = str(endpoints / "a")
+  identity = endpoints / "identity"  # a pairwise run's perms.npz: the identity of each group
+  identity.mkdir(exist_ok=True)
+  pspec = merge.permutation_spec(jaxlab.load_config("configs/merge.py:tiny", {}),
+                                 tasks.Spec(input_shape=(8, 8, 1), num_classes=10))
+  np.savez(identity / "perms.npz", **{g: np.arange(n) for g, n in pspec.sizes.items()})
+  code, _, err = cli("--config=configs/merge.py:tiny,method=merge_many,b_shift=",
+                     f"--config.inputs.model_a={a}", f"--config.inputs.model_b={a}",
+                     f"--config.inputs.model_c={a}",
+                     f"--config.merge.perms_b={identity}",
+                     f"--workdir={endpoints / 'many'}")
+  assert code == 0, err
+  with open(endpoints / "many" / "results.json") as f, open(endpoints / "a" /
+                                                            "results.json") as g:
+    assert json.load(f)["test_a/accuracy"] == pytest.approx(json.load(g)["test/accuracy"],
+                                                            abs=1e-6)
+  code, _, err = cli("--config=configs/merge.py:tiny,method=merge_many,b_shift=",
+                     f"--config.inputs.model_a={a}", f"--config.inputs.model_b={a}",
+                     f"--config.inputs.model_c={a}", f"--config.merge.perms_c={a}",
+                     f"--workdir={endpoints / 'many_bad'}")
+  assert code != 0 and "merge.perms_c" in err and "perms.npz" in err, err
+
+
 @pytest.mark.parametrize("args, message", [
     (["method=merge_wm", "--config.train.steps=5"], "set train.steps=0"),
     (["method=merge_ste", "--config.merge.data=distilled"], "merge.data"),
     (["method=merge_ste", "--config.merge.points=4"], "merge.points=4"),
     (["method=merge_ste", "b_shift=rotate:45"], "merge.b_shift"),
     (["method=merge_wm", "--config.data.eval_splits=test"], "data.eval_splits"),
+    (["method=merge_many"], "inputs.model_c"),
 ])
 def test_bad_merge_inputs_are_one_line(endpoints, args, message):
   preset = [a for a in args if not a.startswith("--")]

@@ -20,6 +20,11 @@ Variants (bound option `matching`):
                D_merge batch with theta_ste = sg(pi(theta_B)) + theta~ - sg(theta~) (forward:
                the permuted B; gradient: to theta~). The permutations of the lowest minibatch
                loss seen are kept (`best_perms`) and are the merge.
+  `merge_many` the merge of three or more models of §6.1: B and C each aligned to A (the
+               permutations of pairwise runs, `merge.perms_b` / `merge.perms_c` = their
+               workdirs, e.g. two merge_ste runs; by default weight matching), then the mean
+               of A, pi_B(B), pi_C(C), evaluated on `test_a` / `test_b` (C is read on A's
+               data).
 D_merge (`merge.data`): `full` the union of A's and B's training splits; `coreset` a random
 `merge.ipc` images per class of each (fixed by `merge.coreset_seed`), the paper's random
 coreset baseline. (`condensed`, the DC sets, is not built yet.)
@@ -62,6 +67,8 @@ _ENDPOINTS = (inputs_lib.own_model("model_a", "endpoint A (a classifier run on d
 VARIANTS = {name: Variant(matching=kind, inputs=_ENDPOINTS, blocks=("merge",))
             for name, kind in (("merge_wm", "weight"), ("merge_am", "activation"),
                                ("merge_ste", "ste"))}
+VARIANTS["merge_many"] = Variant(matching="many", blocks=("merge",), inputs=_ENDPOINTS + (
+    inputs_lib.own_model("model_c", "endpoint C (a third classifier run)"),))
 DATA = ("full", "coreset", "condensed")
 ARMS = ("naive", "merged", "ensemble")
 SPLITS = ("test_a", "test_b", "train_a", "train_b")
@@ -72,6 +79,7 @@ class MergeState(TrainState):
   perms: Any           # {group: int32 [n]} the current permutations of B's units
   best_perms: Any      # those of the lowest STE minibatch loss (the merge)
   best_loss: jax.Array
+  perms_c: Any = None  # merge_many: the permutations of C's units onto A
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -152,7 +160,7 @@ def _check_endpoint_data(config) -> None:
   """An endpoint run trained on another dataset than the one the merge evaluates it on (a
   forgotten merge.b_shift) is one line, not a silently wrong table."""
   b = b_config(config)
-  for name, data in (("model_a", config.data), ("model_b", b.data)):
+  for name, data in (("model_a", config.data), ("model_b", b.data), ("model_c", config.data)):
     workdir = config.get("inputs", {}).get(name, "")
     if not workdir or workdir.endswith(".npz") or not os.path.exists(
         os.path.join(workdir, "config.json")):
@@ -173,8 +181,10 @@ def make_task(config, num_devices: int = 1, *, matching: str) -> MergeTask:
     raise UserError(f"merge.points={merge.points} must be odd and at least 3 (the grid holds "
                     "lam = 0, 0.5 and 1)")
   if matching != "ste" and config.train.steps != 0:
-    raise UserError(f"{'weight' if matching == 'weight' else 'activation'} matching has no "
-                    f"training step: set train.steps=0 (it is {config.train.steps})")
+    what = {"weight": "weight matching", "activation": "activation matching"}.get(
+        matching, "merge_many")
+    raise UserError(f"{what} has no training step: set train.steps=0 (it is "
+                    f"{config.train.steps})")
   _check_endpoint_data(config)
   for split in (s.strip() for s in config.data.eval_splits.split(",") if s.strip()):
     if split not in SPLITS:
@@ -197,14 +207,28 @@ def permutation_spec(config, spec: tasks.Spec) -> permutation.Spec:
 
 
 def init(config, rng: jax.Array, spec: tasks.Spec, *, matching: str) -> MergeState:
-  del matching
   variables = _model(config, spec).init(rng, jnp.zeros((2,) + tuple(spec.input_shape)))
   params = variables.pop("params")
   tx = optim.make_optimizer(config.optimizer, config.train.steps)
   perms = matching_lib.identity(permutation_spec(config, spec))
   return MergeState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
                     opt_state=tx.init(params), perms=perms, best_perms=perms,
-                    best_loss=jnp.array(jnp.inf, jnp.float32))
+                    best_loss=jnp.array(jnp.inf, jnp.float32),
+                    perms_c=perms if matching == "many" else None)
+
+
+def saved_perms(workdir: str, field: str, pspec: permutation.Spec) -> Dict[str, jax.Array]:
+  """The `perms.npz` a pairwise merge run wrote, checked against this model's groups."""
+  path = os.path.join(workdir, "perms.npz")
+  if not os.path.exists(path):
+    raise UserError(f"{field}={workdir!r} holds no perms.npz: give the workdir of a finished "
+                    "merge_wm / merge_am / merge_ste run of the same model")
+  with np.load(path) as saved:
+    perms = {g: jnp.asarray(saved[g], jnp.int32) for g in saved.files}
+  if {g: p.shape[0] for g, p in perms.items()} != pspec.sizes:
+    raise UserError(f"{field}: perms.npz holds groups {sorted(perms)} of sizes "
+                    f"{[p.shape[0] for p in perms.values()]}, this model has {pspec.sizes}")
+  return perms
 
 
 def start_from(state: MergeState, train_data, *, config, spec, matching: str) -> MergeState:
@@ -214,6 +238,15 @@ def start_from(state: MergeState, train_data, *, config, spec, matching: str) ->
   key = jax.random.key(config.seed)
   state = state.replace(params=a["params"], opt_state=optim.make_optimizer(
       config.optimizer, config.train.steps).init(a["params"]))
+  if matching == "many":  # B and C each aligned to A: saved pairwise runs, else weight matching
+    found = {}
+    for index, side in enumerate(("b", "c")):
+      given = config.merge.get(f"perms_{side}", "")
+      found[side] = (saved_perms(given, f"merge.perms_{side}", pspec) if given else
+                     matching_lib.weight_matching(pspec, a, state.frozen[f"model_{side}"],
+                                                  jax.random.fold_in(key, index),
+                                                  config.merge.wm_max_iter))
+    return state.replace(perms=found["b"], best_perms=found["b"], perms_c=found["c"])
   if matching == "weight":
     perms = matching_lib.weight_matching(pspec, a, b, key, config.merge.wm_max_iter)
   elif matching == "activation":
@@ -281,10 +314,15 @@ def merged_endpoints(state: MergeState, config, spec):
 
 def eval_step(state: MergeState, batch, key: jax.Array, *, config, spec, matching: str):
   """The midpoint lam = 0.5 in eval mode (BatchNorm: the interpolated running statistics;
-  the reset ones are in `report`'s curves)."""
-  del key, matching
+  the reset ones are in `report`'s curves). merge_many: the mean of A, pi_B(B), pi_C(C)."""
+  del key
   a, b = merged_endpoints(state, config, spec)
-  logits = _model(config, spec).apply(interpolate.lerp(0.5, a, b), batch["image"], train=False)
+  merged = interpolate.lerp(0.5, a, b)
+  if matching == "many":
+    c = permutation.permute(state.frozen["model_c"], permutation_spec(config, spec),
+                            state.perms_c)
+    merged = jax.tree.map(lambda x, y, z: (x + y + z) / 3.0, a, b, c)
+  logits = _model(config, spec).apply(merged, batch["image"], train=False)
   return {"accuracy": losses.correct(logits, batch["label"]),
           "loss": losses.cross_entropy(logits, batch["label"])}
 
@@ -353,6 +391,8 @@ def plot(table: Dict[str, Any], lams: np.ndarray, path: str, title: str) -> None
 
 def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, write_files: bool,
            matching: str) -> Dict[str, float]:
+  if matching == "many":  # the evaluation splits hold its result
+    return {}
   model = _model(config, spec)
   lams = interpolate.grid(config.merge.points)
   mid = config.merge.points // 2
