@@ -336,10 +336,14 @@ def _reset_batches(task: MergeTask, config) -> jax.Array:
   return augment.to_float(jnp.asarray(images[order].reshape((count, size) + images.shape[1:])))
 
 
-def curves(model, a, b, task: MergeTask, split: str, lams: jax.Array, reset) -> Dict[str, Any]:
-  """{arm: {"accuracy": [L], "loss": [L]}} on `split` for the lerp of a and b (`merged`) and
-  the lam-mixture of their probabilities (`ensemble`)."""
-  stacked = jax.jit(jax.vmap(lambda lam: reset(interpolate.lerp(lam, a, b))))(lams)
+def curves(model, a, lines: Dict[str, Any], task: MergeTask, split: str, lams: jax.Array,
+           reset) -> Dict[str, Any]:
+  """{arm: {"accuracy": [L], "loss": [L]}} on `split`, in one pass over its batches: for each
+  {arm: b} of `lines`, the lerp of a and b; and `ensemble`, the lam-mixture of the predicted
+  probabilities of a and the first b (a permutation of b does not change its predictions)."""
+  stacked = jax.jit(lambda ends: {arm: jax.vmap(lambda lam: reset(interpolate.lerp(
+      lam, a, b)))(lams) for arm, b in ends.items()})(lines)
+  b = next(iter(lines.values()))
 
   @jax.jit
   def sums(stacked, data, index):
@@ -347,8 +351,8 @@ def curves(model, a, b, task: MergeTask, split: str, lams: jax.Array, reset) -> 
     x, y, m = batch["image"], batch["label"], batch["mask"]
     score = lambda logp: (jnp.sum(m * (jnp.argmax(logp, -1) == y)),
                           -jnp.sum(m * jnp.take_along_axis(logp, y[:, None], 1)[:, 0]))
-    line = jax.vmap(lambda v: score(jax.nn.log_softmax(model.apply(v, x, train=False))))(
-        stacked)
+    line_of = jax.vmap(lambda v: score(jax.nn.log_softmax(model.apply(v, x, train=False))))
+    line = {arm: line_of(variables) for arm, variables in stacked.items()}
     pa = jax.nn.softmax(model.apply(a, x, train=False))
     pb = jax.nn.softmax(model.apply(b, x, train=False))
     mix = jax.vmap(lambda lam: score(jnp.log((1 - lam) * pa + lam * pb + 1e-12)))(lams)
@@ -359,8 +363,9 @@ def curves(model, a, b, task: MergeTask, split: str, lams: jax.Array, reset) -> 
   for index in range(task.num_eval_batches(data)):
     out = jax.device_get(sums(stacked, data, jnp.int32(index)))
     totals = out if totals is None else jax.tree.map(np.add, totals, out)
-  (correct, loss), (mix_correct, mix_loss), n = totals
-  return {"merged": {"accuracy": correct / n, "loss": loss / n},
+  line, (mix_correct, mix_loss), n = totals
+  return {**{arm: {"accuracy": correct / n, "loss": loss / n}
+             for arm, (correct, loss) in line.items()},
           "ensemble": {"accuracy": mix_correct / n, "loss": mix_loss / n}}
 
 
@@ -403,9 +408,9 @@ def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, wr
            else (lambda v: v))
   table = {arm: {} for arm in ARMS}
   for split in ("test_a", "test_b"):
-    merged = curves(model, a, b_merged, task, split, lams, reset)
-    table["merged"][split], table["ensemble"][split] = merged["merged"], merged["ensemble"]
-    table["naive"][split] = curves(model, a, b, task, split, lams, reset)["merged"]
+    for arm, values in curves(model, a, {"naive": b, "merged": b_merged}, task, split, lams,
+                              reset).items():
+      table[arm][split] = values
   results = {}
   for arm in ARMS:
     table[arm]["double_test"] = {m: (table[arm]["test_a"][m] + table[arm]["test_b"][m]) / 2
