@@ -63,6 +63,17 @@ TTA_CORRUPTIONS = ["gaussian_noise", "salt_pepper", "box_blur", "contrast", "bri
 # AA-lite accuracy (robustness_tta_merging.md §0.3).
 MERGE_PAIRS = ["same", "same3", "rot15", "rot30", "rot45", "rot60", "rot75", "rot90", "permuted"]
 MERGE_ARMS = ["wm", "am", "ste_full", "ste_condensed", "ste_coreset"]
+MERGE_RANKS = [1, 2, 4, 8, 16, 32, 64]
+MERGE_TRUNCATION = [f"k{k}/{what}" for k in MERGE_RANKS
+                    for what in ("energy_a", "a/test_a/accuracy",
+                                 "naive/double_test/accuracy_mid",
+                                 "merged/double_test/accuracy_mid")]
+WIDTHS = ["w1", "w2", "w4", "w8", "w16"]
+WIDTH_DECAYS = ["wd3e-3", "wd1e-4"]
+WIDTH_PROBES = [f"layer{layer}/{probe}" for probe in ("cos", "magnitude")
+                for layer in (1, 2, 3, 4)] + [
+                    f"layer{layer}/{probe}" for probe in ("additivity", "orthogonality")
+                    for layer in (1, 2, 3)]
 
 DERIVED = {
     "nrr": (("accuracy", "robust_accuracy/aa_lite"),
@@ -185,6 +196,30 @@ TABLES = {
                                   MERGE_ARMS, ("merge_digits", "*")),
     "merge_digits_alignment_naive": ("merge.md", "alignment/naive/R", 1.0, MERGE_PAIRS,
                                      ["wm"], ("merge_digits", "*", "wm")),
+    "merge_digits_truncation": ("merge.md", "truncation/*", 100.0, MERGE_TRUNCATION,
+                                ["wm", "am", "ste_full"], ("merge_digits", "same")),
+    "merge_width_endpoint": ("merge.md", "endpoint_a/test_a/accuracy", 100.0, WIDTHS,
+                             WIDTH_DECAYS, ("merge_width", "*")),
+    "merge_width_naive": ("merge.md", "naive/double_test/accuracy_mid", 100.0, WIDTHS,
+                          WIDTH_DECAYS, ("merge_width", "*")),
+    "merge_width_ensemble": ("merge.md", "ensemble/double_test/accuracy_mid", 100.0, WIDTHS,
+                             WIDTH_DECAYS, ("merge_width", "*")),
+    "merge_width_wm": ("merge.md", "merged/double_test/accuracy_mid", 100.0, WIDTHS,
+                       WIDTH_DECAYS, ("merge_width", "*")),
+    "merge_width_accuracy_barrier": ("merge.md", "naive/accuracy_barrier", 100.0, WIDTHS,
+                                     WIDTH_DECAYS, ("merge_width", "*")),
+    "merge_width_loss_barrier": ("merge.md", "naive/loss_barrier", 1.0, WIDTHS, WIDTH_DECAYS,
+                                 ("merge_width", "*")),
+    "merge_width_calibrated_barrier": ("merge.md", "naive/calibrated_loss_barrier", 1.0,
+                                       WIDTHS, WIDTH_DECAYS, ("merge_width", "*")),
+    "merge_width_temperature": ("merge.md", "naive/temperature_ratio", 1.0, WIDTHS,
+                                WIDTH_DECAYS, ("merge_width", "*")),
+    "merge_width_rank": ("merge.md", "rank/a/layer2", 1.0, WIDTHS, WIDTH_DECAYS,
+                         ("merge_width", "*")),
+    "merge_width_probes": ("merge.md", "lewc/naive/*", 1.0, WIDTH_PROBES, WIDTHS,
+                           ("merge_width", "*", "wd3e-3")),
+    "merge_width_probes_low_wd": ("merge.md", "lewc/naive/*", 1.0, WIDTH_PROBES, WIDTHS,
+                                  ("merge_width", "*", "wd1e-4")),
     "merge_digits_many": ("merge.md", "test_a/accuracy", 100.0, ["many3"], ["wm", "ste_full"],
                           ("merge_digits", "many3")),
     "merge_digits_condense": ("merge.md", "condensed/test/accuracy", 100.0,

@@ -121,8 +121,22 @@ def test_a_model_merged_with_itself_is_itself(endpoints):
   code, _, err = cli("--config=configs/merge.py:tiny,method=merge_wm,b_shift=",
                      f"--config.inputs.model_a={endpoints / 'a'}",
                      f"--config.inputs.model_b={endpoints / 'a'}",
-                     f"--workdir={endpoints / 'self'}")
+                     "--config.merge.lewc_examples=64", f"--workdir={endpoints / 'self'}")
   assert code == 0, err
+  with open(endpoints / "self" / "results.json") as f:
+    results = json.load(f)
+  for arm in ("naive", "merged"):
+    # the midpoint is the model: its best temperature is the endpoints', its barriers 0
+    assert results[f"{arm}/temperature_ratio"] == pytest.approx(1.0)
+    assert results[f"{arm}/calibrated_loss_barrier"] == pytest.approx(0.0, abs=1e-5)
+    for k in (2, 8):  # the truncated midpoint is the truncated model
+      assert results[f"truncation/k{k}/{arm}/double_test/accuracy_mid"] == pytest.approx(
+          results[f"truncation/k{k}/a/test_a/accuracy"], abs=1e-6)
+    for layer in (1, 2, 3):  # h(1/2) = h_a, along (1/2)^l (h_a + h_a)
+      assert results[f"lewc/{arm}/layer{layer}/cos"] == pytest.approx(1.0, abs=1e-5)
+      assert results[f"overlap/{arm}/layer{layer}"] == pytest.approx(1.0, abs=1e-4)
+  assert results["truncation/k2/a/test_a/accuracy"] < results["truncation/k8/a/test_a/accuracy"]
+  assert os.path.exists(endpoints / "self" / "alignment_heatmaps.png")
   with open(endpoints / "self" / "merge_curves.json") as f:
     curves = json.load(f)
   for arm in ("naive", "merged", "ensemble"):
@@ -164,6 +178,8 @@ def test_three_copies_of_a_model_average_to_it_and_saved_permutations_are_checke
     (["method=merge_ste", "b_shift=rotate:45"], "merge.b_shift"),
     (["method=merge_wm", "--config.data.eval_splits=test"], "data.eval_splits"),
     (["method=merge_many"], "inputs.model_c"),
+    (["method=merge_wm", "--config.merge.calibrate_on=val"], "merge.calibrate_on"),
+    (["method=merge_wm", "--config.merge.truncation_ranks=2,x"], "merge.truncation_ranks"),
 ])
 def test_bad_merge_inputs_are_one_line(endpoints, args, message):
   preset = [a for a in args if not a.startswith("--")]

@@ -40,6 +40,19 @@ predicted probabilities), with loss / accuracy barriers, `merge_curves.png`,
 statistics (train mode, the same forward as the code's reset on D_merge before the loss),
 and the curves reset each interpolated model's statistics on D_merge
 (jaxlab.merge.repair; `merge.repair`).
+
+The report also holds the LMC analyses of §6 for both lines (naive, merged):
+  - the temperature-calibrated loss barrier (arXiv 2510.08023, jaxlab.merge.width): T*(lam)
+    minimises the NLL of softmax(logits / T) on `merge.calibrate_on` (`train`: the two
+    training sets, our reading; `test`: the test sets themselves, an oracle; "": off), and
+    the double-test loss at T*(lam) gives `calibrated_loss_barrier`; `temperature_mid` is
+    T*(1/2), `temperature_ratio` T*(1/2) / sqrt(T*(0) T*(1)) (LEWC: the midpoint's logits
+    are 2^(1-L) of the ensemble's, so 2^(1-L); the inverse temperature grows as 2^(L-1));
+  - `merge.truncation_ranks` (arXiv 2402.04051 §6.1(b)5): every kernel cut to rank k, the
+    cut endpoints' accuracies and their midpoint's;
+  - `merge.lewc_examples` > 0 (MLPs without normalisation): the LEWC cosine, additivity and
+    reciprocal-orthogonality probes per layer at lam = 1/2, effective ranks and top-5
+    subspace overlaps; and `alignment_heatmaps.png`, M_ij of the first two layers.
 """
 
 import json
@@ -56,7 +69,7 @@ import optax
 from jaxlab import models
 from jaxlab.data import augment, tasks
 from jaxlab.errors import UserError, unknown
-from jaxlab.merge import analysis, condense, interpolate, matching as matching_lib, permutation, repair
+from jaxlab.merge import analysis, condense, interpolate, matching as matching_lib, permutation, repair, width
 from jaxlab.train import inputs as inputs_lib
 from jaxlab.train import losses, optim
 from jaxlab.train.protocol import Variant
@@ -186,6 +199,18 @@ def make_task(config, num_devices: int = 1, *, matching: str) -> MergeTask:
     raise UserError(f"{what} has no training step: set train.steps=0 (it is "
                     f"{config.train.steps})")
   _check_endpoint_data(config)
+  if merge.get("calibrate_on", "train") not in ("train", "test", ""):
+    raise unknown("temperature calibration split (merge.calibrate_on)", merge.calibrate_on,
+                  ("train", "test", ""))
+  ranks = str(merge.get("truncation_ranks", ""))
+  if not all(k.strip().isdigit() and int(k) > 0 for k in ranks.split(",") if k.strip()):
+    raise UserError(f"merge.truncation_ranks={ranks!r} must be positive integers separated by "
+                    "commas, e.g. 1,2,4,8")
+  if merge.get("lewc_examples", 0) and (config.model.name != "mlp"
+                                        or config.model.get("norm", "none") != "none"):
+    raise UserError("the LEWC probe (merge.lewc_examples) takes an MLP without normalisation: "
+                    f"model.name={config.model.name!r}, model.norm="
+                    f"{config.model.get('norm', 'none')!r}; set merge.lewc_examples=0")
   for split in (s.strip() for s in config.data.eval_splits.split(",") if s.strip()):
     if split not in SPLITS:
       raise unknown("evaluation split of a merge run (data.eval_splits)", split, SPLITS)
@@ -337,10 +362,12 @@ def _reset_batches(task: MergeTask, config) -> jax.Array:
 
 
 def curves(model, a, lines: Dict[str, Any], task: MergeTask, split: str, lams: jax.Array,
-           reset) -> Dict[str, Any]:
+           reset, log_temps=None) -> Dict[str, Any]:
   """{arm: {"accuracy": [L], "loss": [L]}} on `split`, in one pass over its batches: for each
   {arm: b} of `lines`, the lerp of a and b; and `ensemble`, the lam-mixture of the predicted
-  probabilities of a and the first b (a permutation of b does not change its predictions)."""
+  probabilities of a and the first b (a permutation of b does not change its predictions).
+  With `log_temps` [G], each line also has "loss_by_temperature" [L, G]: the mean NLL of
+  softmax(logits / T) (jaxlab.merge.width)."""
   stacked = jax.jit(lambda ends: {arm: jax.vmap(lambda lam: reset(interpolate.lerp(
       lam, a, b)))(lams) for arm, b in ends.items()})(lines)
   b = next(iter(lines.values()))
@@ -351,8 +378,15 @@ def curves(model, a, lines: Dict[str, Any], task: MergeTask, split: str, lams: j
     x, y, m = batch["image"], batch["label"], batch["mask"]
     score = lambda logp: (jnp.sum(m * (jnp.argmax(logp, -1) == y)),
                           -jnp.sum(m * jnp.take_along_axis(logp, y[:, None], 1)[:, 0]))
-    line_of = jax.vmap(lambda v: score(jax.nn.log_softmax(model.apply(v, x, train=False))))
-    line = {arm: line_of(variables) for arm, variables in stacked.items()}
+
+    def line_of(variables):
+      logits = model.apply(variables, x, train=False)
+      correct, loss = score(jax.nn.log_softmax(logits))
+      if log_temps is None:
+        return correct, loss
+      return correct, loss, width.nll_by_temperature(logits, y, m, log_temps)
+
+    line = {arm: jax.vmap(line_of)(variables) for arm, variables in stacked.items()}
     pa = jax.nn.softmax(model.apply(a, x, train=False))
     pb = jax.nn.softmax(model.apply(b, x, train=False))
     mix = jax.vmap(lambda lam: score(jnp.log((1 - lam) * pa + lam * pb + 1e-12)))(lams)
@@ -364,9 +398,28 @@ def curves(model, a, lines: Dict[str, Any], task: MergeTask, split: str, lams: j
     out = jax.device_get(sums(stacked, data, jnp.int32(index)))
     totals = out if totals is None else jax.tree.map(np.add, totals, out)
   line, (mix_correct, mix_loss), n = totals
-  return {**{arm: {"accuracy": correct / n, "loss": loss / n}
-             for arm, (correct, loss) in line.items()},
+  names = ("accuracy", "loss", "loss_by_temperature")
+  return {**{arm: {name: value / n for name, value in zip(names, values)}
+             for arm, values in line.items()},
           "ensemble": {"accuracy": mix_correct / n, "loss": mix_loss / n}}
+
+
+def accuracies(model, stacked, task: MergeTask, split: str) -> np.ndarray:
+  """[K] test accuracy on `split` of each model of `stacked` (variables with a leading K
+  axis), in one pass over its batches."""
+  @jax.jit
+  def correct(stacked, data, index):
+    batch = task.eval_batch(data, index)
+    hits = jax.vmap(lambda v: jnp.sum(batch["mask"] * (jnp.argmax(
+        model.apply(v, batch["image"], train=False), -1) == batch["label"])))(stacked)
+    return hits, jnp.sum(batch["mask"])
+
+  data = jax.tree.map(jnp.asarray, task.eval_arrays(split))
+  hits, n = 0.0, 0.0
+  for index in range(task.num_eval_batches(data)):
+    h, c = jax.device_get(correct(stacked, data, jnp.int32(index)))
+    hits, n = hits + h, n + c
+  return np.asarray(hits) / n
 
 
 def l2_distance(a, b) -> float:
@@ -394,34 +447,126 @@ def plot(table: Dict[str, Any], lams: np.ndarray, path: str, title: str) -> None
   plt.close(fig)
 
 
+def plot_alignment(a, lines: Dict[str, Any], path: str, k: int = 32) -> None:
+  """Heat maps of M_ij (jaxlab.merge.analysis.alignment_matrix) of the first two kernels of A
+  against each line's B: a bright diagonal is aligned singular vectors."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  layers = analysis.matrices(a)[:2]
+  fig, axes = plt.subplots(len(layers), len(lines), figsize=(3.2 * len(lines),
+                                                             3.0 * len(layers)), squeeze=False)
+  for column, (arm, b) in enumerate(lines.items()):
+    for row, (wa, wb) in enumerate(zip(layers, analysis.matrices(b)[:2])):
+      ax = axes[row, column]
+      ax.imshow(np.asarray(analysis.alignment_matrix(wa, wb, k)), vmin=0, vmax=1,
+                cmap="viridis")
+      ax.set_title(f"{arm}: layer {row + 1}", fontsize=8)
+      ax.set_xlabel("j (B)", fontsize=7)
+      ax.set_ylabel("i (A)", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _calibrate(table, calibration_splits, lams, mid: int) -> Dict[str, float]:
+  """The temperature-calibrated loss barrier (§6.2(b)1): T*(lam) minimises the mean NLL of
+  the calibration splits; the double-test loss at T*(lam) gives the barrier."""
+  log_temps = width.log_temperatures()
+  results = {}
+  for arm in ("naive", "merged"):
+    calibration = np.mean([table[arm][s]["loss_by_temperature"] for s in calibration_splits], 0)
+    best, losses_ = zip(*(width.calibrated(jnp.asarray(calibration),
+                                           jnp.asarray(table[arm][s]["loss_by_temperature"]),
+                                           log_temps) for s in ("test_a", "test_b")))
+    loss = (np.asarray(losses_[0]) + np.asarray(losses_[1])) / 2
+    temperature = np.exp(np.asarray(best[0]))
+    table[arm]["double_test"]["calibrated_loss"] = loss
+    table[arm]["double_test"]["temperature"] = temperature
+    results[f"{arm}/calibrated_loss_barrier"] = float(interpolate.barrier(jnp.asarray(loss),
+                                                                          lams))
+    results[f"{arm}/double_test/calibrated_loss_mid"] = float(loss[mid])
+    results[f"{arm}/temperature_mid"] = float(temperature[mid])
+    results[f"{arm}/temperature_ratio"] = float(temperature[mid] / np.sqrt(
+        temperature[0] * temperature[-1]))
+  return results
+
+
+def _truncation(model, a, lines, task, ranks, reset) -> Dict[str, float]:
+  """§6.1(b)5: every kernel of A and of each line's B cut to rank k; the accuracy of the cut
+  endpoints on their own data and of their midpoint on the two test sets."""
+  results = {}
+  for k in ranks:
+    cut_a = analysis.truncate(a, k)
+    results[f"truncation/k{k}/energy_a"] = float(analysis.energy_kept(a, k))
+    models_ = [cut_a] + [analysis.truncate(b, k) for b in lines.values()]
+    models_ += [interpolate.lerp(0.5, cut_a, b) for b in models_[1:]]
+    stacked = jax.vmap(reset)(jax.tree.map(lambda *v: jnp.stack(v), *models_))
+    acc = {s: accuracies(model, stacked, task, s) for s in ("test_a", "test_b")}
+    results[f"truncation/k{k}/a/test_a/accuracy"] = float(acc["test_a"][0])
+    for index, arm in enumerate(lines):
+      results[f"truncation/k{k}/{arm}_b/test_b/accuracy"] = float(acc["test_b"][1 + index])
+      middle = 1 + len(lines) + index
+      results[f"truncation/k{k}/{arm}/double_test/accuracy_mid"] = float(
+          (acc["test_a"][middle] + acc["test_b"][middle]) / 2)
+  return results
+
+
+def _lewc(model, a, lines, task, examples: int) -> Dict[str, float]:
+  """§6.2(b)2-5 at lam = 1/2 on the first `examples` images of test_a, per linear layer
+  (1-based), and the effective ranks and top-5 subspace overlaps of the kernels."""
+  images = task.eval_arrays("test_a")["image"][:examples]
+  x = augment.to_float(jnp.asarray(images))
+  results = {}
+  for arm, b in lines.items():
+    probes = jax.device_get(jax.jit(lambda a, b, x: width.probe(model, a, b, x))(a, b, x))
+    for name, values in probes.items():
+      for layer, value in enumerate(values, 1):
+        results[f"lewc/{arm}/layer{layer}/{name}"] = float(value)
+    for layer, (wa, wb) in enumerate(zip(analysis.matrices(a), analysis.matrices(b)), 1):
+      results[f"overlap/{arm}/layer{layer}"] = float(analysis.subspace_overlap(wa, wb, 5))
+  for side, variables in (("a", a), ("b", next(iter(lines.values())))):
+    for layer, w in enumerate(analysis.matrices(variables), 1):
+      results[f"rank/{side}/layer{layer}"] = float(analysis.effective_rank(w))
+  return results
+
+
 def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, write_files: bool,
            matching: str) -> Dict[str, float]:
   if matching == "many":  # the evaluation splits hold its result
     return {}
+  merge = config.merge
   model = _model(config, spec)
-  lams = interpolate.grid(config.merge.points)
-  mid = config.merge.points // 2
+  lams = interpolate.grid(merge.points)
+  mid = merge.points // 2
   a, b_merged = merged_endpoints(state, config, spec)
   b = state.frozen["model_b"]
-  batches = _reset_batches(task, config) if config.merge.repair else None
+  lines = {"naive": b, "merged": b_merged}
+  batches = _reset_batches(task, config) if merge.repair else None
   reset = ((lambda v: repair.reset_batch_stats(model, v, batches)) if batches is not None
            else (lambda v: v))
+  calibrate_on = merge.get("calibrate_on", "train")
+  calibration_splits = {"train": ("train_a", "train_b"), "test": ("test_a", "test_b"),
+                        "": ()}[calibrate_on]
+  log_temps = width.log_temperatures() if calibrate_on else None
   table = {arm: {} for arm in ARMS}
-  for split in ("test_a", "test_b"):
-    for arm, values in curves(model, a, {"naive": b, "merged": b_merged}, task, split, lams,
-                              reset).items():
+  for split in ("test_a", "test_b") + tuple(s for s in calibration_splits
+                                            if not s.startswith("test")):
+    for arm, values in curves(model, a, lines, task, split, lams, reset, log_temps).items():
       table[arm][split] = values
   results = {}
   for arm in ARMS:
     table[arm]["double_test"] = {m: (table[arm]["test_a"][m] + table[arm]["test_b"][m]) / 2
                                  for m in ("accuracy", "loss")}
-    for split, values in table[arm].items():
-      acc, loss = np.asarray(values["accuracy"]), np.asarray(values["loss"])
+    for split in ("test_a", "test_b", "double_test"):
+      acc, loss = (np.asarray(table[arm][split][m]) for m in ("accuracy", "loss"))
       results[f"{arm}/{split}/accuracy_mid"] = float(acc[mid])
       results[f"{arm}/{split}/loss_mid"] = float(loss[mid])
     acc, loss = (jnp.asarray(table[arm]["double_test"][m]) for m in ("accuracy", "loss"))
     results[f"{arm}/loss_barrier"] = float(interpolate.barrier(loss, lams))
     results[f"{arm}/accuracy_barrier"] = float(interpolate.barrier(-acc, lams))
+  if calibrate_on:
+    results.update(_calibrate(table, calibration_splits, lams, mid))
   for name, (split, index) in {"endpoint_a/test_a": ("test_a", 0),
                                "endpoint_a/test_b": ("test_b", 0),
                                "endpoint_b/test_a": ("test_a", -1),
@@ -430,12 +575,20 @@ def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, wr
   results["distance/naive"] = l2_distance(a, b)
   results["distance/merged"] = l2_distance(a, b_merged)
   results["distance/ratio"] = results["distance/merged"] / max(results["distance/naive"], 1e-12)
-  for name, other in (("naive", b), ("merged", b_merged)):
+  for name, other in lines.items():
     aligned = jax.device_get(analysis.alignment(a, other, k=5))
     results[f"alignment/{name}/R"] = float(aligned["R"])
     results[f"alignment/{name}/A_5"] = float(aligned["A_k"])
+  ranks = [int(k) for k in str(merge.get("truncation_ranks", "")).split(",") if k.strip()]
+  if ranks:
+    results.update(_truncation(model, a, lines, task, ranks, reset))
+  if merge.get("lewc_examples", 0):
+    results.update(_lewc(model, a, lines, task, merge.lewc_examples))
   if write_files:
-    listed = jax.tree.map(lambda v: np.asarray(v).tolist(), table)
+    kept = {arm: {split: {m: v for m, v in values.items() if m != "loss_by_temperature"}
+                  for split, values in splits.items() if not split.startswith("train")}
+            for arm, splits in table.items()}
+    listed = jax.tree.map(lambda v: np.asarray(v).tolist(), kept)
     with open(os.path.join(workdir, "merge_curves.json"), "w") as f:
       json.dump({"lams": np.asarray(lams).tolist(), **listed}, f, indent=1)
     np.savez(os.path.join(workdir, "perms.npz"),
@@ -444,6 +597,7 @@ def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, wr
          f"{matching} matching: double-test accuracy at lam=0.5 "
          f"{100 * results['merged/double_test/accuracy_mid']:.1f}% (naive "
          f"{100 * results['naive/double_test/accuracy_mid']:.1f}%)")
+    plot_alignment(a, lines, os.path.join(workdir, "alignment_heatmaps.png"))
   return results
 
 
