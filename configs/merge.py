@@ -53,7 +53,7 @@ def merge_block(**overrides) -> ml_collections.ConfigDict:
                condensed_a="", condensed_b="", perms_b="", perms_c="",
                points=25, wm_max_iter=300, ste_max_iter=100, am_examples=0,
                am_correlation=False, repair=True, repair_batches=20,
-               calibrate_on="train", truncation_ranks="", lewc_examples=0)
+               calibrate_on="test", truncation_ranks="", lewc_examples=0)
   block.update(overrides)
   return ml_collections.ConfigDict(block)
 

@@ -19,6 +19,7 @@ FIGURES = {
     "meta_learning": ["meta_curves.png", "meta_by_hand.png"],
     "generative_ssl": ["cgan/samples.png", "generative_curves.png"],
     "robustness": ["robustness_radii.png"],
+    "merging": ["merging_by_hand.png", "merge_ste/merge_curves.png"],
 }
 # one notebook, executed by nbclient in its own process: a failing cell raises
 # CellExecutionError with the cell's traceback, which the test shows

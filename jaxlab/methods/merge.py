@@ -43,9 +43,11 @@ and the curves reset each interpolated model's statistics on D_merge
 
 The report also holds the LMC analyses of §6 for both lines (naive, merged):
   - the temperature-calibrated loss barrier (arXiv 2510.08023, jaxlab.merge.width): T*(lam)
-    minimises the NLL of softmax(logits / T) on `merge.calibrate_on` (`train`: the two
-    training sets, our reading; `test`: the test sets themselves, an oracle; "": off), and
-    the double-test loss at T*(lam) gives `calibrated_loss_barrier`; `temperature_mid` is
+    minimises the NLL of softmax(logits / T) on `merge.calibrate_on` (`test`, the default:
+    the two test sets themselves, so the barrier is the lowest one temperature per lam can
+    reach; `train`: the two training sets, which degenerates when the endpoints fit them,
+    T* -> the grid's floor e^-3, as our digits endpoints do; "": off), and the double-test
+    loss at T*(lam) gives `calibrated_loss_barrier`; `temperature_mid` is
     T*(1/2), `temperature_ratio` T*(1/2) / sqrt(T*(0) T*(1)) (LEWC: the midpoint's logits
     are 2^(1-L) of the ensemble's, so 2^(1-L); the inverse temperature grows as 2^(L-1));
   - `merge.truncation_ranks` (arXiv 2402.04051 §6.1(b)5): every kernel cut to rank k, the
@@ -199,7 +201,7 @@ def make_task(config, num_devices: int = 1, *, matching: str) -> MergeTask:
     raise UserError(f"{what} has no training step: set train.steps=0 (it is "
                     f"{config.train.steps})")
   _check_endpoint_data(config)
-  if merge.get("calibrate_on", "train") not in ("train", "test", ""):
+  if merge.get("calibrate_on", "test") not in ("train", "test", ""):
     raise unknown("temperature calibration split (merge.calibrate_on)", merge.calibrate_on,
                   ("train", "test", ""))
   ranks = str(merge.get("truncation_ranks", ""))
@@ -545,7 +547,7 @@ def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, wr
   batches = _reset_batches(task, config) if merge.repair else None
   reset = ((lambda v: repair.reset_batch_stats(model, v, batches)) if batches is not None
            else (lambda v: v))
-  calibrate_on = merge.get("calibrate_on", "train")
+  calibrate_on = merge.get("calibrate_on", "test")
   calibration_splits = {"train": ("train_a", "train_b"), "test": ("test_a", "test_b"),
                         "": ()}[calibrate_on]
   log_temps = width.log_temperatures() if calibrate_on else None
