@@ -450,23 +450,26 @@ def plot(table: Dict[str, Any], lams: np.ndarray, path: str, title: str) -> None
 
 
 def plot_alignment(a, lines: Dict[str, Any], path: str, k: int = 32) -> None:
-  """Heat maps of M_ij (jaxlab.merge.analysis.alignment_matrix) of the first two kernels of A
-  against each line's B: a bright diagonal is aligned singular vectors."""
+  """Heat maps of M_ij (jaxlab.merge.analysis.alignment_matrix, top `k` singular vectors in
+  order) of the first two kernels of A against each line's B, on one colour scale: a bright
+  diagonal is aligned singular vectors."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   layers = analysis.matrices(a)[:2]
   fig, axes = plt.subplots(len(layers), len(lines), figsize=(3.2 * len(lines),
                                                              3.0 * len(layers)), squeeze=False)
-  for column, (arm, b) in enumerate(lines.items()):
-    for row, (wa, wb) in enumerate(zip(layers, analysis.matrices(b)[:2])):
-      ax = axes[row, column]
-      ax.imshow(np.asarray(analysis.alignment_matrix(wa, wb, k)), vmin=0, vmax=1,
-                cmap="viridis")
-      ax.set_title(f"{arm}: layer {row + 1}", fontsize=8)
-      ax.set_xlabel("j (B)", fontsize=7)
-      ax.set_ylabel("i (A)", fontsize=7)
-  fig.tight_layout()
+  maps = {(row, column): np.asarray(analysis.alignment_matrix(wa, wb, k))
+          for column, b in enumerate(lines.values())
+          for row, (wa, wb) in enumerate(zip(layers, analysis.matrices(b)[:2]))}
+  top = max(float(m.max()) for m in maps.values())
+  for (row, column), values in maps.items():
+    ax = axes[row, column]
+    shown = ax.imshow(values, vmin=0, vmax=top, cmap="viridis")
+    ax.set_title(f"{list(lines)[column]}: layer {row + 1}", fontsize=8)
+    ax.set_xlabel("j (B)", fontsize=7)
+    ax.set_ylabel("i (A)", fontsize=7)
+  fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8)
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
