@@ -68,6 +68,10 @@ MERGE_TRUNCATION = [f"k{k}/{what}" for k in MERGE_RANKS
                     for what in ("energy_a", "a/test_a/accuracy",
                                  "naive/double_test/accuracy_mid",
                                  "merged/double_test/accuracy_mid")]
+FROZEN_ARMS = [f"dense_w{w}" for w in ("1.0", "0.7", "0.5", "0.25")] + [
+    f"{split}_f{f}" for f in ("0.3", "0.5", "0.7", "0.9")
+    for split in ("all_prune", "balanced", "all_lock")]
+FROZEN_S = ["s0.5", "s0.7"]
 WIDTHS = ["w1", "w2", "w4", "w8", "w16"]
 WIDTH_DECAYS = ["wd3e-3", "wd1e-4"]
 WIDTH_PROBES = [f"layer{layer}/{probe}" for probe in ("cos", "magnitude")
@@ -230,6 +234,11 @@ TABLES = {
                            ("merge_width", "*", "wd3e-3")),
     "merge_width_probes_low_wd": ("merge.md", "lewc/naive/*", 1.0, WIDTH_PROBES, WIDTHS,
                                   ("merge_width", "*", "wd1e-4")),
+    "frozen_slt": ("frozen_slt.md", "test/accuracy", 100.0, FROZEN_ARMS, FROZEN_S),
+    "frozen_slt_bits": ("frozen_slt.md", "ticket/mask_bits", 1.0, FROZEN_ARMS, FROZEN_S,
+                        ("frozen_slt", "*")),
+    "frozen_slt_sparsity": ("frozen_slt.md", "ticket/sparsity", 100.0, FROZEN_ARMS, FROZEN_S,
+                            ("frozen_slt", "*")),
     "merge_digits_many": ("merge.md", "test_a/accuracy", 100.0, ["many3"], ["wm", "ste_full"],
                           ("merge_digits", "many3")),
     "merge_digits_condense": ("merge.md", "condensed/test/accuracy", 100.0,

@@ -11,6 +11,14 @@ Papers and variants:
                  (`supermask.rerand_rate`) of the currently pruned weights of every masked
                  layer is re-drawn from the initial distribution (B5); IteRand's presets rank
                  raw scores (`supermask.policy=topk_raw`);
+  `frozen_slt`   Otsuka, Chijiwa et al., TMLR 2025 (arXiv 2402.14029): edge-popup in a
+                 partially frozen network. A ternary mask F per layer, drawn from the seed
+                 (`supermask.freeze_prune` p of the weights always pruned,
+                 `supermask.freeze_lock` r always kept, `supermask.freeze_dist` uniform | erk
+                 per layer), and the global |score| threshold of the official code
+                 (`supermask.policy=global_abs`, sparsity s over all masked layers): only the
+                 free weights are searched and stored (`ticket.npz`, (1 - p - r) N bits);
+                 scores kaiming_normal as the code;
   `meta_ticket`  Meta-ticket, Chijiwa, Yamaguchi, Kumagai, Ida, NeurIPS 2022 (arXiv
                  2205.15619): a supermask meta-learned through MAML's inner loop.
 Bound option: `rerandomize` (edge_popup False, iterand True); meta_ticket has its own task,
@@ -72,8 +80,15 @@ def score_initialiser(config, reference: str) -> str:
 
 
 def init(config, rng: jax.Array, spec: tasks.Spec, *, rerandomize: bool,
-         score_init: str) -> TrainState:
+         score_init: str, freeze: bool = False) -> TrainState:
   cfg = config.supermask
+  prune, lock = cfg.get("freeze_prune", 0.0), cfg.get("freeze_lock", 0.0)
+  if not freeze and (prune or lock):
+    raise UserError(f"supermask.freeze_prune={prune} / freeze_lock={lock} freeze part of the "
+                    "network: use method=frozen_slt, or set them to 0")
+  if freeze and cfg.policy != "global_abs":
+    raise UserError("frozen_slt thresholds globally: set supermask.policy=global_abs (it is "
+                    f"{cfg.policy!r})")
   scheduled = cfg.rerand_period > 0 and cfg.rerand_rate > 0
   if rerandomize and not scheduled:
     raise UserError("iterand needs supermask.rerand_period > 0 and supermask.rerand_rate > 0 "
@@ -88,13 +103,23 @@ def init(config, rng: jax.Array, spec: tasks.Spec, *, rerandomize: bool,
   paths = supermask.select(weights, cfg.include, cfg.exclude)
   params = {"scores": supermask.init_scores(score_key, weights, paths,
                                             score_initialiser(config, score_init))}
+  if freeze:  # F from its own key: the weights and scores are edge_popup's for the same seed
+    shapes = {p: params["scores"][p].shape for p in paths}
+    variables["frozen"] = supermask.freeze_masks(
+        jax.random.fold_in(rng, 7), shapes, prune, lock, cfg.get("freeze_dist", "uniform"))
   tx = optim.make_optimizer(config.optimizer, config.train.steps)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     model_state={"weights": weights, **variables}, opt_state=tx.init(params))
 
 
-def _topk_masks(scores, config):
-  return supermask.masks(scores, config.supermask.policy, config.supermask.sparsity)
+def _topk_masks(scores, config, frozen=None):
+  return supermask.masks(scores, config.supermask.policy, config.supermask.sparsity,
+                         frozen=frozen)
+
+
+def _model_collections(model_state):
+  """The model's own collections (BatchNorm statistics), without the weights and F."""
+  return {k: v for k, v in model_state.items() if k not in ("weights", "frozen")}
 
 
 def _rerandomized(state: TrainState, rng: jax.Array, config, current_masks):
@@ -114,10 +139,11 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.
   if rerandomize:
     weights = _rerandomized(state, rerand_key, config,
                             lambda: _topk_masks(state.params["scores"], config))
-  others = {k: v for k, v in state.model_state.items() if k != "weights"}
+  others = _model_collections(state.model_state)
+  frozen = state.model_state.get("frozen")
 
   def loss_fn(params):
-    layer_masks = _topk_masks(params["scores"], config)
+    layer_masks = _topk_masks(params["scores"], config, frozen)
     effective = supermask.apply(weights, layer_masks)
     logits, new_state = model.apply({"params": effective, **others}, batch["image"], train=True,
                                     mutable=list(others), rngs={"dropout": dropout_key})
@@ -129,18 +155,44 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, config, spec: tasks.
   metrics = {"loss": loss, "accuracy": losses.correct(logits, batch["label"]).mean(),
              "grad_norm": optax.tree.norm(grads),
              "sparsity": supermask.sparsity(layer_masks)["all"]}
+  kept = {"frozen": frozen} if frozen is not None else {}
   return optim.apply_gradients(state, grads, config,
-                               model_state={"weights": weights, **new_state}), metrics
+                               model_state={"weights": weights, **new_state, **kept}), metrics
 
 
 def eval_step(state: TrainState, batch, key: jax.Array, *, config, spec: tasks.Spec):
   model = models.build(config.model, spec.num_classes)
-  others = {k: v for k, v in state.model_state.items() if k != "weights"}
-  effective = supermask.apply(state.model_state["weights"],
-                              _topk_masks(state.params["scores"], config))
+  others = _model_collections(state.model_state)
+  effective = supermask.apply(state.model_state["weights"], _topk_masks(
+      state.params["scores"], config, state.model_state.get("frozen")))
   logits = model.apply({"params": effective, **others}, batch["image"], train=False)
   return {"accuracy": losses.correct(logits, batch["label"]),
           "loss": losses.cross_entropy(logits, batch["label"])}
+
+
+def ticket_report(state: TrainState, task, workdir: str, *, config, spec: tasks.Spec,
+                  write_files: bool):
+  """frozen_slt: the ticket's size and `ticket.npz` (the seed and the free entries' mask bits,
+  from which `jaxlab.models.supermask.unpack_ticket` and the seed's F and weights rebuild the
+  masked network; BatchNorm statistics are not counted, spec §4(h)2)."""
+  del task, spec
+  frozen = jax.device_get(state.model_state["frozen"])
+  hard = jax.device_get(_topk_masks(state.params["scores"], config, frozen))
+  total = sum(f.size for f in frozen.values())
+  bits = supermask.free_bits(frozen)
+  results = {
+      "ticket/weights": float(total), "ticket/mask_bits": float(bits),
+      "ticket/pruned_frozen": float(sum((f < 0).sum() for f in frozen.values())) / total,
+      "ticket/locked": float(sum((f > 0).sum() for f in frozen.values())) / total,
+      "ticket/sparsity": 1.0 - float(sum(m.sum() for m in hard.values())) / total,
+      "ticket/compression_vs_dense_slt": total / max(bits, 1),
+      "ticket/compression_vs_trained": 32.0 * total / max(bits, 1)}
+  if write_files:
+    import os  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    np.savez(os.path.join(workdir, "ticket.npz"), seed=np.int64(config.seed),
+             bits=supermask.pack_ticket(hard, frozen))
+  return results
 
 
 # -- Meta-ticket ----------------------------------------------------------------------------
@@ -223,6 +275,8 @@ def ticket_eval_step(state: TrainState, batch, key: jax.Array, *, config, spec: 
 VARIANTS = {
     "edge_popup": Variant(rerandomize=False, score_init="torch", blocks=("supermask",)),
     "iterand": Variant(rerandomize=True, score_init="kaiming_uniform", blocks=("supermask",)),
+    "frozen_slt": Variant(rerandomize=False, score_init="kaiming_normal", freeze=True,
+                          blocks=("supermask",), functions={"report": ticket_report}),
     "meta_ticket": Variant(
         blocks=("supermask", "meta", "episodes", "meta_ticket", "aux_optimizer"),
         functions=dict(make_task=episodes.make_task, init=ticket_init, train_step=ticket_step,

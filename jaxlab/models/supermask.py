@@ -24,6 +24,13 @@ Threshold policies (`POLICIES`, B3); p is the fraction of a layer PRUNED:
 The top-k policies rank by a stable sort, so the kept count is exact and ties
 are broken by position, deterministically.
 
+Frozen networks (Otsuka, Chijiwa et al., arXiv 2402.14029; spec §4): a ternary mask F per
+layer (`freeze_masks`; -1 prune-frozen, +1 lock-frozen, 0 free, drawn from a key with the
+layer ratios of `layer_densities`) fixes part of the supermask; `masks(..., frozen=F)` with
+`global_abs` ranks +inf (locked) / -inf (pruned) / |s| (free) globally, then forces F. Only
+the free entries' bits need storing (`pack_ticket` / `unpack_ticket`; `free_bits` counts
+them): the weights and F come back from the seed.
+
 Gradient (B2): the mask is a straight-through estimator implemented with
 `jax.custom_vjp`: the forward pass returns the hard 0/1 mask exactly and the
 backward pass hands the cotangent to the scores unchanged, as the PyTorch
@@ -37,8 +44,9 @@ from typing import Callable, Dict, Mapping, Optional
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxlab.errors import unknown
+from jaxlab.errors import UserError, unknown
 from jaxlab.models.layers import kernel_init
 
 POLICIES = ("topk_raw", "topk_abs", "global_abs", "fixed_threshold")
@@ -140,10 +148,32 @@ def thresholds(scores: Flat, init_sparsity: float) -> Flat:
 
 
 def masks(scores: Flat, policy: str, sparsity: float = 0.0,
-          fixed: Optional[Mapping[str, jax.Array]] = None) -> Flat:
-  """Straight-through masks (forward: exact 0/1) of every scored layer."""
+          fixed: Optional[Mapping[str, jax.Array]] = None,
+          frozen: Optional[Mapping[str, jax.Array]] = None) -> Flat:
+  """Straight-through masks (forward: exact 0/1) of every scored layer. `frozen` (ternary
+  F per layer, `global_abs` only): locked entries always on, pruned always off, the global
+  threshold taken over +inf / -inf / |s| (the frozen-SLT code's set_kthvalue)."""
   if policy not in POLICIES:
     raise unknown("supermask policy", policy, POLICIES)
+  if frozen is not None:
+    if policy != "global_abs":
+      raise UserError(f"a frozen network takes supermask.policy=global_abs (it is {policy!r})")
+    paths = sorted(scores)
+    ranked = {p: jnp.where(frozen[p] > 0, jnp.inf, jnp.where(
+        frozen[p] < 0, -jnp.inf, jnp.abs(jax.lax.stop_gradient(scores[p])))) for p in paths}
+    flat = jnp.concatenate([ranked[p].ravel() for p in paths])
+    hard = _keep_all_but_lowest(flat, int(sparsity * flat.size))
+    out, start = {}, 0
+    for p in paths:
+      size = scores[p].size
+      layer = hard[start:start + size].reshape(scores[p].shape)
+      layer = jnp.where(frozen[p] > 0, 1.0, jnp.where(frozen[p] < 0, 0.0, layer))
+      # a frozen entry's score never matters: no gradient reaches it
+      free = jnp.where(frozen[p] == 0, jnp.abs(scores[p]),
+                       jax.lax.stop_gradient(jnp.abs(scores[p])))
+      out[p] = straight_through(free, layer.astype(scores[p].dtype))
+      start += size
+    return out
   if policy == "topk_raw":
     return {p: straight_through(s, _keep_all_but_lowest(jax.lax.stop_gradient(s),
                                                          round(sparsity * (s.size - 1))))
@@ -211,4 +241,76 @@ def sparsity(layer_masks: Mapping[str, jax.Array]) -> Dict[str, jax.Array]:
   total = sum(m.size for m in layer_masks.values())
   if total:
     out["all"] = 1.0 - sum(jax.lax.stop_gradient(m).sum() for m in layer_masks.values()) / total
+  return out
+
+
+# -- frozen networks (arXiv 2402.14029) ------------------------------------------------------
+
+DISTRIBUTIONS = ("uniform", "erk")
+
+
+def layer_densities(shapes: Mapping[str, tuple], density: float, dist: str) -> Dict[str, float]:
+  """Per-layer kept fractions whose weighted mean is `density`: `uniform` (the same in every
+  layer) or `erk` (Erdos-Renyi-Kernel, RigL: proportional to sum(shape) / prod(shape), a layer
+  that would exceed 1 is kept dense and the rest rescaled)."""
+  if dist not in DISTRIBUTIONS:
+    raise unknown("layerwise distribution (supermask.freeze_dist)", dist, DISTRIBUTIONS)
+  if dist == "uniform" or density >= 1.0:
+    return {p: float(min(density, 1.0)) for p in shapes}
+  sizes = {p: float(np.prod(s)) for p, s in shapes.items()}
+  raw = {p: float(np.sum(s)) / sizes[p] for p, s in shapes.items()}
+  dense: set = set()
+  while True:
+    budget = density * sum(sizes.values()) - sum(sizes[p] for p in dense)
+    scale = budget / sum(raw[p] * sizes[p] for p in shapes if p not in dense)
+    over = [p for p in shapes if p not in dense and scale * raw[p] > 1.0]
+    if not over:
+      return {p: 1.0 if p in dense else scale * raw[p] for p in shapes}
+    dense.add(max(over, key=lambda p: raw[p]))
+
+
+def freeze_masks(rng: jax.Array, shapes: Mapping[str, tuple], prune: float, lock: float,
+                 dist: str = "uniform") -> Dict[str, jax.Array]:
+  """Ternary int8 masks F (-1 prune-frozen, +1 lock-frozen, 0 free): in layer l,
+  floor(n_l p_l) pruned and floor(n_l r_l) locked positions of one uniform permutation, with
+  p_l = 1 - Dist(1 - p)_l and r_l = (1 - Dist(1 - p - r)_l) - p_l (spec §4(b))."""
+  if prune < 0 or lock < 0 or prune + lock > 1:
+    raise UserError(f"freeze ratios prune={prune}, lock={lock} must be >= 0 with sum <= 1")
+  kept = layer_densities(shapes, 1.0 - prune, dist)
+  free = layer_densities(shapes, 1.0 - prune - lock, dist)
+  out = {}
+  for index, path in enumerate(sorted(shapes)):
+    n = int(np.prod(shapes[path]))
+    num_pruned = int(np.floor(n * (1.0 - kept[path]) + 1e-9))
+    num_locked = max(0, int(np.floor(n * (kept[path] - free[path]) + 1e-9)))
+    order = jax.random.permutation(jax.random.fold_in(rng, index), n)
+    ternary = jnp.zeros((n,), jnp.int8).at[order[:num_pruned]].set(-1)
+    ternary = ternary.at[order[num_pruned:num_pruned + num_locked]].set(1)
+    out[path] = ternary.reshape(shapes[path])
+  return out
+
+
+def free_bits(frozen: Mapping[str, jax.Array]) -> int:
+  """The mask bits a frozen ticket stores: one per free entry."""
+  return int(sum(int(jnp.sum(f == 0)) for f in frozen.values()))
+
+
+def pack_ticket(hard_masks: Mapping[str, jax.Array], frozen: Mapping[str, jax.Array]) -> np.ndarray:
+  """The free entries' mask bits, layers in path order, packed 8 to a byte."""
+  bits = [np.asarray(hard_masks[p]).ravel()[np.asarray(frozen[p]).ravel() == 0] > 0.5
+          for p in sorted(frozen)]
+  return np.packbits(np.concatenate(bits).astype(np.uint8))
+
+
+def unpack_ticket(packed: np.ndarray, frozen: Mapping[str, jax.Array]) -> Dict[str, np.ndarray]:
+  """The 0/1 masks a packed ticket and its freeze masks stand for."""
+  bits = np.unpackbits(packed)[:free_bits(frozen)]
+  out, start = {}, 0
+  for p in sorted(frozen):
+    f = np.asarray(frozen[p])
+    layer = (f > 0).astype(np.float32)
+    count = int((f == 0).sum())
+    layer[f == 0] = bits[start:start + count]
+    out[p] = layer
+    start += count
   return out
