@@ -15,17 +15,32 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 FAMILIES = {"dense": "dense source, narrower", "all_prune": "randomly pruned source (p = f)",
-            "balanced": "frozen, p = r = f / 2", "all_lock": "frozen, r = f"}
+            "balanced": "frozen, p = r = f / 2", "all_lock": "frozen, r = f",
+            "none": "no search left (s <= p or s >= 1 - r)"}
+
+
+def searched(config) -> bool:
+  """Whether edge-popup chooses anything: p < s < 1 - r (else the frozen part decides the
+  whole mask: s <= p keeps every free weight of the randomly pruned source, s >= 1 - r keeps
+  only the locked ones)."""
+  masking = config["supermask"]
+  p, r, s = masking["freeze_prune"], masking["freeze_lock"], masking["sparsity"]
+  return p + 1e-9 < s < 1 - r - 1e-9
 
 
 def collect(runs: str):
-  """{(family, s): [(bits, [accuracies]) sorted by bits]}."""
+  """{(family, s): [(bits, [accuracies]) sorted by bits]}; family "no search" holds the runs
+  whose mask the freezing alone decides."""
   points = {}
   for path in glob.glob(os.path.join(runs, "frozen_slt", "*", "*", "seed*", "results.json")):
     arm, sparsity = path.split(os.sep)[-4:-2]
     with open(path) as f:
       results = json.load(f)
+    with open(os.path.join(os.path.dirname(path), "config.json")) as f:
+      config = json.load(f)
     family = "dense" if arm.startswith("dense") else arm.rsplit("_f", 1)[0]
+    if not searched(config):
+      family = "none"
     key = (family, sparsity)
     bits = results["ticket/mask_bits"]
     points.setdefault(key, {}).setdefault(arm, {"bits": bits, "accuracy": []})
@@ -51,8 +66,9 @@ def main():
       y = [statistics.mean(p["accuracy"]) for p in series]
       err = [statistics.stdev(p["accuracy"]) if len(p["accuracy"]) > 1 else 0.0
              for p in series]
-      ax.errorbar(x, y, yerr=err, marker="o", capsize=2, label=label)
-    ax.set_xscale("log")
+      style = dict(marker="x", linestyle="none", color="grey") if family == "none" else dict(
+          marker="o")
+      ax.errorbar(x, y, yerr=err, capsize=2, label=label, **style)
     ax.set_xlabel("model size (kbit: stored mask bits)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"target sparsity {sparsity[1:]}", fontsize=9)
