@@ -58,8 +58,11 @@ meta_ticket, following the official code (§2):
   §2(h)1 mentions.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxlab import models
@@ -188,8 +191,6 @@ def ticket_report(state: TrainState, task, workdir: str, *, config, spec: tasks.
       "ticket/compression_vs_dense_slt": total / max(bits, 1),
       "ticket/compression_vs_trained": 32.0 * total / max(bits, 1)}
   if write_files:
-    import os  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
     np.savez(os.path.join(workdir, "ticket.npz"), seed=np.int64(config.seed),
              bits=supermask.pack_ticket(hard, frozen))
   return results

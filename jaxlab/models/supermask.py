@@ -155,25 +155,8 @@ def masks(scores: Flat, policy: str, sparsity: float = 0.0,
   threshold taken over +inf / -inf / |s| (the frozen-SLT code's set_kthvalue)."""
   if policy not in POLICIES:
     raise unknown("supermask policy", policy, POLICIES)
-  if frozen is not None:
-    if policy != "global_abs":
-      raise UserError(f"a frozen network takes supermask.policy=global_abs (it is {policy!r})")
-    paths = sorted(scores)
-    ranked = {p: jnp.where(frozen[p] > 0, jnp.inf, jnp.where(
-        frozen[p] < 0, -jnp.inf, jnp.abs(jax.lax.stop_gradient(scores[p])))) for p in paths}
-    flat = jnp.concatenate([ranked[p].ravel() for p in paths])
-    hard = _keep_all_but_lowest(flat, int(sparsity * flat.size))
-    out, start = {}, 0
-    for p in paths:
-      size = scores[p].size
-      layer = hard[start:start + size].reshape(scores[p].shape)
-      layer = jnp.where(frozen[p] > 0, 1.0, jnp.where(frozen[p] < 0, 0.0, layer))
-      # a frozen entry's score never matters: no gradient reaches it
-      free = jnp.where(frozen[p] == 0, jnp.abs(scores[p]),
-                       jax.lax.stop_gradient(jnp.abs(scores[p])))
-      out[p] = straight_through(free, layer.astype(scores[p].dtype))
-      start += size
-    return out
+  if frozen is not None and policy != "global_abs":
+    raise UserError(f"a frozen network takes supermask.policy=global_abs (it is {policy!r})")
   if policy == "topk_raw":
     return {p: straight_through(s, _keep_all_but_lowest(jax.lax.stop_gradient(s),
                                                          round(sparsity * (s.size - 1))))
@@ -183,13 +166,22 @@ def masks(scores: Flat, policy: str, sparsity: float = 0.0,
         jax.lax.stop_gradient(jnp.abs(s)), int(sparsity * s.size))) for p, s in scores.items()}
   if policy == "global_abs":
     paths = sorted(scores)
-    flat = jnp.concatenate([jnp.abs(jax.lax.stop_gradient(scores[p])).ravel() for p in paths])
+    ranked = {p: jnp.abs(jax.lax.stop_gradient(scores[p])) for p in paths}
+    if frozen is not None:
+      ranked = {p: jnp.where(frozen[p] > 0, jnp.inf, jnp.where(frozen[p] < 0, -jnp.inf, r))
+                for p, r in ranked.items()}
+    flat = jnp.concatenate([ranked[p].ravel() for p in paths])
     hard = _keep_all_but_lowest(flat, int(sparsity * flat.size))
     out, start = {}, 0
     for p in paths:
       size = scores[p].size
-      out[p] = straight_through(jnp.abs(scores[p]), hard[start:start + size].reshape(
-          scores[p].shape))
+      layer = hard[start:start + size].reshape(scores[p].shape)
+      magnitude = jnp.abs(scores[p])
+      if frozen is not None:
+        layer = jnp.where(frozen[p] > 0, 1.0, jnp.where(frozen[p] < 0, 0.0, layer))
+        # a frozen entry's score never matters: no gradient reaches it
+        magnitude = jnp.where(frozen[p] == 0, magnitude, jax.lax.stop_gradient(magnitude))
+      out[p] = straight_through(magnitude, layer.astype(scores[p].dtype))
       start += size
     return out
   return {p: straight_through(s, (jax.lax.stop_gradient(s) >= fixed[p]).astype(s.dtype))
