@@ -85,6 +85,8 @@ VARIANTS = {name: Variant(matching=kind, inputs=_ENDPOINTS, blocks=("merge",))
 VARIANTS["merge_many"] = Variant(matching="many", blocks=("merge",), inputs=_ENDPOINTS + (
     inputs_lib.own_model("model_c", "endpoint C (a third classifier run)"),))
 DATA = ("full", "coreset", "condensed")
+# merge.calibrate_on -> the splits whose NLL picks the temperature ("": no calibration)
+CALIBRATION = {"test": ("test_a", "test_b"), "train": ("train_a", "train_b"), "": ()}
 ARMS = ("naive", "merged", "ensemble")
 SPLITS = ("test_a", "test_b", "train_a", "train_b")
 
@@ -190,6 +192,15 @@ def _check_endpoint_data(config) -> None:
                         f"{data.get(field, '')!r}: set {which} to match")
 
 
+def truncation_ranks(merge) -> list:
+  """`merge.truncation_ranks` ("1,2,4,8") as integers; anything else is one line."""
+  ranks = str(merge.get("truncation_ranks", ""))
+  if not all(k.strip().isdigit() and int(k) > 0 for k in ranks.split(",") if k.strip()):
+    raise UserError(f"merge.truncation_ranks={ranks!r} must be positive integers separated by "
+                    "commas, e.g. 1,2,4,8")
+  return [int(k) for k in ranks.split(",") if k.strip()]
+
+
 def make_task(config, num_devices: int = 1, *, matching: str) -> MergeTask:
   merge = config.merge
   if merge.points < 3 or merge.points % 2 == 0:
@@ -201,13 +212,10 @@ def make_task(config, num_devices: int = 1, *, matching: str) -> MergeTask:
     raise UserError(f"{what} has no training step: set train.steps=0 (it is "
                     f"{config.train.steps})")
   _check_endpoint_data(config)
-  if merge.get("calibrate_on", "test") not in ("train", "test", ""):
+  if merge.get("calibrate_on", "test") not in CALIBRATION:
     raise unknown("temperature calibration split (merge.calibrate_on)", merge.calibrate_on,
-                  ("train", "test", ""))
-  ranks = str(merge.get("truncation_ranks", ""))
-  if not all(k.strip().isdigit() and int(k) > 0 for k in ranks.split(",") if k.strip()):
-    raise UserError(f"merge.truncation_ranks={ranks!r} must be positive integers separated by "
-                    "commas, e.g. 1,2,4,8")
+                  tuple(CALIBRATION))
+  truncation_ranks(merge)
   if merge.get("lewc_examples", 0) and (config.model.name != "mlp"
                                         or config.model.get("norm", "none") != "none"):
     raise UserError("the LEWC probe (merge.lewc_examples) takes an MLP without normalisation: "
@@ -363,6 +371,16 @@ def _reset_batches(task: MergeTask, config) -> jax.Array:
   return augment.to_float(jnp.asarray(images[order].reshape((count, size) + images.shape[1:])))
 
 
+def _summed_over_batches(sums, stacked, task: MergeTask, split: str):
+  """The sum over `split`'s evaluation batches of the pytree `sums(stacked, data, index)`."""
+  data = jax.tree.map(jnp.asarray, task.eval_arrays(split))
+  totals = None
+  for index in range(task.num_eval_batches(data)):
+    out = jax.device_get(sums(stacked, data, jnp.int32(index)))
+    totals = out if totals is None else jax.tree.map(np.add, totals, out)
+  return totals
+
+
 def curves(model, a, lines: Dict[str, Any], task: MergeTask, split: str, lams: jax.Array,
            reset, log_temps=None) -> Dict[str, Any]:
   """{arm: {"accuracy": [L], "loss": [L]}} on `split`, in one pass over its batches: for each
@@ -394,12 +412,7 @@ def curves(model, a, lines: Dict[str, Any], task: MergeTask, split: str, lams: j
     mix = jax.vmap(lambda lam: score(jnp.log((1 - lam) * pa + lam * pb + 1e-12)))(lams)
     return line, mix, jnp.sum(m)
 
-  data = jax.tree.map(jnp.asarray, task.eval_arrays(split))
-  totals = None
-  for index in range(task.num_eval_batches(data)):
-    out = jax.device_get(sums(stacked, data, jnp.int32(index)))
-    totals = out if totals is None else jax.tree.map(np.add, totals, out)
-  line, (mix_correct, mix_loss), n = totals
+  line, (mix_correct, mix_loss), n = _summed_over_batches(sums, stacked, task, split)
   names = ("accuracy", "loss", "loss_by_temperature")
   return {**{arm: {name: value / n for name, value in zip(names, values)}
              for arm, values in line.items()},
@@ -416,11 +429,7 @@ def accuracies(model, stacked, task: MergeTask, split: str) -> np.ndarray:
         model.apply(v, batch["image"], train=False), -1) == batch["label"])))(stacked)
     return hits, jnp.sum(batch["mask"])
 
-  data = jax.tree.map(jnp.asarray, task.eval_arrays(split))
-  hits, n = 0.0, 0.0
-  for index in range(task.num_eval_batches(data)):
-    h, c = jax.device_get(correct(stacked, data, jnp.int32(index)))
-    hits, n = hits + h, n + c
+  hits, n = _summed_over_batches(correct, stacked, task, split)
   return np.asarray(hits) / n
 
 
@@ -523,8 +532,9 @@ def _lewc(model, a, lines, task, examples: int) -> Dict[str, float]:
   images = task.eval_arrays("test_a")["image"][:examples]
   x = augment.to_float(jnp.asarray(images))
   results = {}
+  probe = jax.jit(lambda a, b, x: width.probe(model, a, b, x))  # one compilation, both lines
   for arm, b in lines.items():
-    probes = jax.device_get(jax.jit(lambda a, b, x: width.probe(model, a, b, x))(a, b, x))
+    probes = jax.device_get(probe(a, b, x))
     for name, values in probes.items():
       for layer, value in enumerate(values, 1):
         results[f"lewc/{arm}/layer{layer}/{name}"] = float(value)
@@ -551,8 +561,7 @@ def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, wr
   reset = ((lambda v: repair.reset_batch_stats(model, v, batches)) if batches is not None
            else (lambda v: v))
   calibrate_on = merge.get("calibrate_on", "test")
-  calibration_splits = {"train": ("train_a", "train_b"), "test": ("test_a", "test_b"),
-                        "": ()}[calibrate_on]
+  calibration_splits = CALIBRATION[calibrate_on]
   log_temps = width.log_temperatures() if calibrate_on else None
   table = {arm: {} for arm in ARMS}
   for split in ("test_a", "test_b") + tuple(s for s in calibration_splits
@@ -584,7 +593,7 @@ def report(state: MergeState, task: MergeTask, workdir: str, *, config, spec, wr
     aligned = jax.device_get(analysis.alignment(a, other, k=5))
     results[f"alignment/{name}/R"] = float(aligned["R"])
     results[f"alignment/{name}/A_5"] = float(aligned["A_k"])
-  ranks = [int(k) for k in str(merge.get("truncation_ranks", "")).split(",") if k.strip()]
+  ranks = truncation_ranks(merge)
   if ranks:
     results.update(_truncation(model, a, lines, task, ranks, reset))
   if merge.get("lewc_examples", 0):
