@@ -183,7 +183,10 @@ def base_config() -> ConfigDict:
       momentum=0.9, nesterov=False, weight_decay=0.0, grad_clip_norm=0.0, grad_clip_value=0.0))
   c.train = ConfigDict(dict(
       steps=1000, batch_size=128, eval_batch_size=500, log_every=100, eval_every=0,
-      checkpoint_every=500, keep_checkpoints=3, label_smoothing=0.0, select_by=""))
+      checkpoint_every=500, keep_checkpoints=3, label_smoothing=0.0, select_by="",
+      # steps whose weights are kept for good in workdir/trajectory (a trajectory): "" none,
+      # "ends", "every:N" or "0,100,250" (jaxlab.train.checkpoint.keep_steps)
+      keep_schedule=""))
   c.distributed = ConfigDict(dict(
       enabled=False, coordinator_address="", num_processes=1, process_id=0))
   return c

@@ -66,7 +66,9 @@ def assert_one_line(code, err, *fragments, exit_code=2):
     (MAML + ["--config.method=erm"], "episodic preset"),
     (MAML + ["--config.episodes.shots=0"], "episodes.shots=0 is out of range: it must be >= 1"),
     (TINY + ["--config.train.select_by=test/nope"],
-     "train.select_by='test/nope' is not an evaluated metric; valid: test/accuracy, test/loss"),
+     "train.select_by='test/nope' is not an evaluated metric (lowest wins; prefix max: for highest); valid: test/accuracy, test/loss"),
+    (TINY + ["--config.train.keep_schedule=every:0"],
+     "train.keep_schedule='every:0' is not valid; valid: '' (none), 'ends' (steps 0 and 40)"),
     # the input pipeline
     (TINY + ["--config.data.pipeline=disk"], "data.pipeline='disk' is not valid; valid: auto, "
                                              "device, stream"),

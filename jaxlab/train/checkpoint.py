@@ -13,13 +13,19 @@ leaves it in place.
 `load_pretrained` reads the weights a run starts from (`config.init_from`): another
 run's newest checkpoint, or an `.npz` of arrays named by path ("params/Dense_0/kernel",
 "batch_stats/...") for weights converted elsewhere.
+
+A run's trajectory (`train.keep_schedule`: the steps whose weights are kept for good, which
+the rolling checkpoints are not) is written in that `.npz` form, `workdir/trajectory/<step>.npz`
+(`save_variables`), and read back stacked along a leading axis by `load_trajectory` (the
+source trajectory of learning transfer, arXiv 2305.14122).
 """
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -251,3 +257,59 @@ def load_pretrained(path: str, like: Dict[str, Any], skip: str = "",
                       f"model needs {tuple(target.shape)}")
   return traverse_util.unflatten_dict(
       {k: np.asarray(flat[k], wanted[k].dtype) for k in wanted}, sep="/")
+
+
+# -- kept weights: the trajectory -------------------------------------------------------------
+
+TRAJECTORY = "trajectory"
+
+
+def keep_steps(schedule: str, total: int) -> List[int]:
+  """The steps `train.keep_schedule` keeps, in order: "" none; "ends" the initialisation (0)
+  and the last step; "every:N" 0, N, 2N, ... and the last step; or steps "0,100,250"."""
+  schedule = str(schedule or "").strip()
+  if not schedule:
+    return []
+  if schedule == "ends":
+    return sorted({0, total})
+  if schedule.startswith("every:") and schedule[6:].isdigit() and int(schedule[6:]) > 0:
+    return sorted(set(range(0, total + 1, int(schedule[6:]))) | {total})
+  parts = [p.strip() for p in schedule.split(",") if p.strip()]
+  if parts and all(p.isdigit() and int(p) <= total for p in parts):
+    return sorted({int(p) for p in parts})
+  raise UserError(f"train.keep_schedule={schedule!r} is not valid; valid: '' (none), 'ends' "
+                  f"(steps 0 and {total}), 'every:N' (0, N, 2N, ... and {total}) or steps "
+                  f"0..{total} separated by commas")
+
+
+def save_variables(path: str, variables: Dict[str, Any]) -> None:
+  """`variables` ({"params": ..., "batch_stats": ...}) as an .npz of "/"-joined paths (the form
+  `load_pretrained` reads), written whole or not at all."""
+  flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
+  buffer = io.BytesIO()
+  np.savez(buffer, **{k: np.asarray(v) for k, v in flat.items()})
+  target = epath.Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = epath.Path(path + ".tmp")
+  tmp.write_bytes(buffer.getvalue())
+  tmp.rename(target)
+
+
+def trajectory_steps(workdir: str, field: str = "trajectory") -> List[int]:
+  """The kept steps of a run (`train.keep_schedule`), or one line when it kept none."""
+  folder = epath.Path(workdir) / TRAJECTORY
+  steps = sorted(int(p.name[:-4]) for p in folder.iterdir()
+                 if p.name.endswith(".npz") and p.name[:-4].isdigit()) if folder.is_dir() else []
+  if not steps:
+    raise UserError(f"{field}={workdir!r} kept no trajectory (no {TRAJECTORY}/<step>.npz): "
+                    "train the source with train.keep_schedule set, e.g. 'ends' or 'every:N'")
+  return steps
+
+
+def load_trajectory(workdir: str, like: Dict[str, Any], steps: Sequence[int],
+                    field: str = "trajectory") -> Dict[str, Any]:
+  """The kept weights of `steps` stacked on a new leading axis, each checked against `like`
+  (one point's shapes) as `load_pretrained` checks."""
+  points = [load_pretrained(os.path.join(workdir, TRAJECTORY, f"{step}.npz"), like,
+                            field=f"{field} (step {step})") for step in steps]
+  return jax.tree.map(lambda *xs: np.stack(xs), *points)

@@ -26,7 +26,9 @@ What it does, in order:
      `report(state, task, workdir, ...)` returns, e.g. a generator's quality score).
 
 Outputs in `workdir`: `config.json`, `metrics.jsonl`, `results.json`, `selection.json`,
-`checkpoints/<step>/`, and `tensorboard/` when tensorboardX is installed.
+`checkpoints/<step>/`, `trajectory/<step>.npz` (the weights of the steps
+`train.keep_schedule` keeps for good: a run's trajectory) and `tensorboard/` when tensorboardX
+is installed.
 """
 
 import contextlib
@@ -50,7 +52,8 @@ from jaxlab import methods, streams, validation
 from jaxlab.errors import Interrupted, TrainingDiverged, UserError
 from jaxlab.train import inputs, provenance, sharding
 from jaxlab.train import workdir as workdir_lib
-from jaxlab.train.checkpoint import Checkpointer, load_pretrained
+from jaxlab.train.checkpoint import (TRAJECTORY, Checkpointer, keep_steps, load_pretrained,
+                                     save_variables)
 from jaxlab.train.metrics import MetricWriter
 
 
@@ -132,12 +135,14 @@ def _with_pretrained(state, loaded):
 
 class _Selection:
   """Model selection by a validation metric (the fine-tuning group protocol): keeps the
-  evaluation with the lowest `select_by` (e.g. "validation/loss"; earliest on ties) and
-  reports it as `selected/<split>/<metric>` and `selected/step`. Kept in
-  `workdir/selection.json` so a resumed run selects as an uninterrupted one."""
+  evaluation with the lowest `select_by` (e.g. "validation/loss"; with a "max:" prefix the
+  highest, e.g. "max:validation/accuracy"; earliest on ties) and reports it as
+  `selected/<split>/<metric>` and `selected/step`. Kept in `workdir/selection.json` so a
+  resumed run selects as an uninterrupted one."""
 
   def __init__(self, workdir: str, select_by: str, resume_step: int, lead: bool):
-    self.key, self.lead = select_by, lead
+    self.highest = select_by.startswith("max:")
+    self.key, self.lead = select_by[4:] if self.highest else select_by, lead
     self.path = os.path.join(workdir, "selection.json")
     self.best = None
     if select_by and resume_step and os.path.exists(self.path):
@@ -149,7 +154,8 @@ class _Selection:
   def offer(self, step: int, evaluation: Dict[str, float]) -> None:
     if not self.key:  # (the key is an evaluated metric: checked before training)
       return
-    if self.best is None or evaluation[self.key] < self.best["metrics"][self.key]:
+    sign = -1.0 if self.highest else 1.0
+    if self.best is None or sign * evaluation[self.key] < sign * self.best["metrics"][self.key]:
       self.best = {"step": step, "metrics": dict(evaluation)}
       if self.lead:
         _write_json(self.path, self.best)
@@ -224,11 +230,11 @@ def _eval_metric_names(eval_fn, abstract, eval_data) -> Dict[str, tuple]:
 def _check_select_by(select_by: str, names: Dict[str, tuple]) -> None:
   if not select_by:
     return
-  split, _, metric = select_by.partition("/")
+  split, _, metric = select_by.removeprefix("max:").partition("/")
   valid = [f"{s}/{n}" for s, ns in names.items() for n in ns]
   if split not in names or metric not in names[split]:
-    raise UserError(f"train.select_by={select_by!r} is not an evaluated metric; valid: "
-                    + ", ".join(valid))
+    raise UserError(f"train.select_by={select_by!r} is not an evaluated metric (lowest wins; "
+                    "prefix max: for highest); valid: " + ", ".join(valid))
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
@@ -249,6 +255,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   task = method.make_task(config, mesh.size)
   spec = task.spec
   eval_splits = tuple(s.strip() for s in config.data.eval_splits.split(",") if s.strip())
+  # a task whose data fixes the run's length (a test-time adaptation stream, train.steps =
+  # -1) says how many steps it has
+  total = getattr(task, "fixed_steps", None) or config.train.steps
+  kept = set(keep_steps(config.train.get("keep_schedule", ""), total))
 
   init_key, data_key, step_key = (streams.run_stream(config.seed, name)
                                   for name in ("init", "data", "step"))
@@ -303,6 +313,13 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
   else:
     state, start = restored
     log(f"jaxlab: resuming from the checkpoint at step {start} in {checkpoints.directory}")
+  def keep(state, step: int) -> None:
+    if step in kept and lead:
+      save_variables(os.path.join(workdir, TRAJECTORY, f"{step}.npz"),
+                     {"params": state.params, **state.model_state})
+
+  if restored is None:
+    keep(state, 0)
   pending = checkpoints.notes(start).get("pending_metrics", []) if restored else []
   writer = MetricWriter(workdir, resume_step=start if restored else None)
 
@@ -338,9 +355,6 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
 
   selection = _Selection(workdir, select_by, start if restored else 0, lead)
 
-  # a task whose data fixes the run's length (a test-time adaptation stream, train.steps =
-  # -1) says how many steps it has
-  total = getattr(task, "fixed_steps", None) or config.train.steps
   if total == 0:
     log("jaxlab: train.steps=0: evaluating only, no training step")
   log_every = max(1, config.train.log_every)
@@ -364,6 +378,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, float]:
           bar.update(1)
         pending.append(metrics)
         done = step + 1
+        keep(state, done)
         final = done == total
         stop = signals.received is not None
         do_eval = (bool(config.train.eval_every) and done % config.train.eval_every == 0
