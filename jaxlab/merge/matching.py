@@ -16,6 +16,11 @@ code); `permutation.permute` moves every collection. The whole search is one
 `lax.switch`, with the jittable solver of `jaxlab.merge.lap`: it runs inside a jitted train
 step (STE re-solves it every step, warm-started from the previous permutations).
 
+Matching a sum of pairs (the gradient matching of learning transfer, arXiv 2305.14122 §5(b):
+sum over c of <A_c, pi(B_c)> over the cached gradient pairs) is the same search on stacks:
+with `batch_dims=1` every leaf of A and B carries a leading pair axis that no permutation
+touches, and C_p sums over it.
+
 Activation matching (Git Re-Basin's `mnist_mlp_activation_matching.py`) solves each hidden
 permutation on its own: the LAP maximising the uncentered cross-moment E[a_A_i a_B_j] of the
 two models' post-ReLU activations of that layer on a batch of data (the code's default;
@@ -39,41 +44,45 @@ def identity(spec: Spec) -> Perms:
   return {g: jnp.arange(n, dtype=jnp.int32) for g, n in spec.sizes.items()}
 
 
-def _permuted_except(flat_b, spec: Spec, perms: Perms, path, skip: str):
+def _permuted_except(flat_b, spec: Spec, perms: Perms, path, skip: str, batch_dims: int = 0):
   w = flat_b[path]
   for axis, group in spec.axes_of(path).items():
     if group != skip:
-      w = jnp.take(w, perms[group], axis=axis)
+      w = jnp.take(w, perms[group], axis=axis + batch_dims)
   return w
 
 
-def group_cost(spec: Spec, flat_a, flat_b, perms: Perms, group: str) -> jax.Array:
+def group_cost(spec: Spec, flat_a, flat_b, perms: Perms, group: str,
+               batch_dims: int = 0) -> jax.Array:
   """C_p [n, n]: row i = A's unit i, column j = B's unit j (other groups permuted)."""
   n = spec.sizes[group]
   cost = jnp.zeros((n, n), jnp.float32)
   for path, axis in spec.groups[group]:
-    if path[0] != "params":
+    if path[0] != "params" or path not in flat_a:
       continue
-    wa = jnp.moveaxis(flat_a[path], axis, 0).reshape(n, -1)
-    wb = jnp.moveaxis(_permuted_except(flat_b, spec, perms, path, group), axis, 0)
+    wa = jnp.moveaxis(flat_a[path], axis + batch_dims, 0).reshape(n, -1)
+    wb = jnp.moveaxis(_permuted_except(flat_b, spec, perms, path, group, batch_dims),
+                      axis + batch_dims, 0)
     cost = cost + wa.astype(jnp.float32) @ wb.reshape(n, -1).astype(jnp.float32).T
   return cost
 
 
-def objective(spec: Spec, variables_a, variables_b, perms: Perms) -> jax.Array:
+def objective(spec: Spec, variables_a, variables_b, perms: Perms,
+              batch_dims: int = 0) -> jax.Array:
   """sum over params W of <W_A, pi(W_B)>: what weight matching maximises."""
   flat_a = traverse_util.flatten_dict(variables_a)
   flat_b = traverse_util.flatten_dict(variables_b)
   total = jnp.zeros((), jnp.float32)
   for path, wa in flat_a.items():
     if path[0] == "params":
-      total = total + jnp.vdot(wa, _permuted_except(flat_b, spec, perms, path, ""))
+      total = total + jnp.vdot(wa, _permuted_except(flat_b, spec, perms, path, "", batch_dims))
   return total
 
 
 def weight_matching(spec: Spec, variables_a, variables_b, key: jax.Array, max_iter: int = 300,
-                    init: Optional[Perms] = None) -> Perms:
-  """The permutations of B's units that best align B's weights with A's (jittable)."""
+                    init: Optional[Perms] = None, batch_dims: int = 0) -> Perms:
+  """The permutations of B's units that best align B's weights with A's (jittable); with
+  `batch_dims` leading axes on every leaf, of the sum over them."""
   flat_a = traverse_util.flatten_dict(variables_a)
   flat_b = traverse_util.flatten_dict(variables_b)
   names = sorted(spec.groups)
@@ -82,7 +91,7 @@ def weight_matching(spec: Spec, variables_a, variables_b, key: jax.Array, max_it
 
   def solver(group: str):
     def solve(perms: Perms):
-      cost = group_cost(spec, flat_a, flat_b, perms, group)
+      cost = group_cost(spec, flat_a, flat_b, perms, group, batch_dims)
       rows = jnp.arange(spec.sizes[group])
       new = lap.linear_sum_assignment(cost, maximize=True).astype(jnp.int32)
       gain = jnp.sum(cost[rows, new]) - jnp.sum(cost[rows, perms[group]])

@@ -78,6 +78,14 @@ class Spec:
   groups: Dict[str, List[Tuple[Path, int]]]
   sizes: Dict[str, int]
 
+  def within(self, collection: str) -> "Spec":
+    """The groups restricted to the variables of one collection ("params"), to permute a
+    tree that holds only it (a displacement, a gradient)."""
+    groups = {g: [(p, a) for p, a in members if p[0] == collection]
+              for g, members in self.groups.items()}
+    return Spec(groups={g: m for g, m in groups.items() if m},
+                sizes={g: self.sizes[g] for g, m in groups.items() if m})
+
   def axes_of(self, path: Path) -> Dict[int, str]:
     return {axis: g for g, members in self.groups.items() for p, axis in members if p == path}
 

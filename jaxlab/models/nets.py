@@ -18,6 +18,7 @@ from typing import Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxlab.errors import unknown
 from jaxlab.models.layers import Conv, Dense, make_norm
 
 
@@ -47,14 +48,18 @@ class MLP(nn.Module):
   weight_init: str = "flax"
   mean: Tuple[float, ...] = ()
   std: Tuple[float, ...] = ()
+  # "none": a deep linear network (the learning-transfer code's MNIST MLP, arXiv 2305.14122)
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
+    if self.activation not in ("relu", "none"):
+      raise unknown("MLP activation (model.activation)", self.activation, ("relu", "none"))
     x = _normalise(x, self.mean, self.std).reshape(x.shape[0], -1)
     for width in self.hidden:
       x = Dense(width, use_bias=self.use_bias, weight_init=self.weight_init)(x)
       x = make_norm(self.norm, train, self.norm_epsilon)(x)
-      x = nn.relu(x)
+      x = nn.relu(x) if self.activation == "relu" else x
     return features_or_logits(self, x, return_features, use_bias=self.use_bias,
                               weight_init=self.weight_init)
 

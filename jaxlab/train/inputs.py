@@ -13,15 +13,16 @@ never differentiated or updated.
 (read by the same `load_pretrained`). An input may fall back to it (`fallback="init_from"`:
 ARREST's frozen teacher is, by default, the model the run starts from).
 
-Two kinds of input cover the methods so far: `generator` (a `cgan` run: its architecture is
+Three kinds of input cover the methods so far: `generator` (a `cgan` run: its architecture is
 `config.generator`, its classes given by the method) and `classifier` (any jaxlab classifier
 run: its architecture is read from the run's own config.json, so it may differ from the
-trained model's). `own_model` is a run of the trained model's architecture.
+trained model's). `own_model` is a run of the trained model's architecture; `trajectory` the
+weights such a run kept along the way (`train.keep_schedule`), stacked on a leading axis.
 """
 
 import dataclasses
 import json
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ from jaxlab import models
 from jaxlab.data import tasks
 from jaxlab.errors import UserError
 from jaxlab.models import gan
-from jaxlab.train.checkpoint import load_pretrained
+from jaxlab.train.checkpoint import load_pretrained, load_trajectory, trajectory_steps
 
 # (config, spec) -> the variables an input must provide (called under jax.eval_shape)
 VariablesFn = Callable[[Any, tasks.Spec], Any]
@@ -46,6 +47,8 @@ class Input:
   variables: VariablesFn        # its variables' shapes, for the check and the placeholders
   required: bool = True
   fallback: str = ""            # a top-level config field read when inputs.<name> is ""
+  # (config, path, like, field) -> host arrays; None: `load_pretrained` (the newest checkpoint)
+  loader: Optional[Callable[..., Any]] = None
 
   @property
   def field(self) -> str:
@@ -90,7 +93,11 @@ def placeholders(items: Sequence[Input], config, spec: tasks.Spec) -> Dict[str, 
 def load(items: Sequence[Input], config, spec: tasks.Spec) -> Dict[str, Any]:
   """{name: host arrays} of every input present, each checked against its expected shapes
   (call `check` first: a required input must be given)."""
-  return {item.name: load_pretrained(path(config, item), like, field=item.field)
+  def read(item: Input, like):
+    if item.loader is not None:
+      return item.loader(config, path(config, item), like, item.field)
+    return load_pretrained(path(config, item), like, field=item.field)
+  return {item.name: read(item, like)
           for item, like in zip(present(items, config),
                                 abstract(items, config, spec).values())}
 
@@ -143,10 +150,35 @@ def generator(name: str, provides: str, classes: Callable[[Any, tasks.Spec], int
   return Input(name, provides, variables)
 
 
-def own_model(name: str, provides: str, fallback: str = "") -> Input:
+def _own_variables(config, spec):
+  model = models.build(config.model, spec.num_classes)
+  return dict(model.init(jax.random.key(0), jnp.zeros((2,) + tuple(spec.input_shape)),
+                         train=False))
+
+
+def own_model(name: str, provides: str, fallback: str = "", required: bool = True) -> Input:
   """A run of the trained model's own architecture (`config.model`, the task's classes)."""
+  return Input(name, provides, _own_variables, required=required, fallback=fallback)
+
+
+# (config, the steps the run kept) -> the steps read
+StepsFn = Callable[[Any, List[int]], List[int]]
+
+
+def trajectory(name: str, provides: str, choose: StepsFn) -> Input:
+  """The weights a run of the trained model's architecture kept (`train.keep_schedule`) at the
+  steps `choose` picks, stacked on a leading axis in step order."""
+  field = f"inputs.{name}"
+
+  def steps(config) -> List[int]:
+    return choose(config, trajectory_steps(config.inputs[name], field))
+
   def variables(config, spec):
-    model = models.build(config.model, spec.num_classes)
-    return dict(model.init(jax.random.key(0), jnp.zeros((2,) + tuple(spec.input_shape)),
-                           train=False))
-  return Input(name, provides, variables, fallback=fallback)
+    one = _own_variables(config, spec)
+    return jax.tree.map(lambda x: jnp.zeros((len(steps(config)),) + x.shape, x.dtype), one)
+
+  def loader(config, workdir: str, like, field: str):
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), like)
+    return load_trajectory(workdir, one, steps(config), field)
+
+  return Input(name, provides, variables, loader=loader)
