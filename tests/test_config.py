@@ -34,7 +34,9 @@ def test_every_preset_loads_and_names_real_things(path, preset):
   models.build(config.model, num_classes=5)  # every model field is one the model takes
   # a test-time adaptation preset runs its stream's length (train.steps = -1); weight and
   # activation matching solve their permutations before evaluation, with no step (0)
-  assert config.train.steps > 0 or (config.train.steps == -1 and "tta" in config) or (
+  # a transfer runs its source trajectory's length (-1)
+  assert config.train.steps > 0 or (config.train.steps == -1 and (
+      "tta" in config or "transfer" in config)) or (
       config.train.steps == 0 and config.method in ("merge_wm", "merge_am", "merge_many"))
 
 

@@ -35,7 +35,7 @@ from jaxlab.train import inputs as inputs_lib
 from jaxlab.train.protocol import PROTOCOL, Method, Variant
 
 FAMILIES = ("erm", "maml", "supermask", "finetune", "adversarial", "arrest", "cgan",
-            "generative_reg", "ssl", "meta_gen_ssl", "tta", "merge")
+            "generative_reg", "ssl", "meta_gen_ssl", "tta", "merge", "learning_transfer")
 
 
 def _bind(fn: Callable, options: Mapping[str, Any]) -> Tuple[Callable, set]:
