@@ -32,6 +32,12 @@ DOCS = os.path.dirname(os.path.abspath(__file__))
 ROBUST_ARMS = ["erm", "pgd_at", "trades", "sovr", "gairat", "mail", "aft", "aft_rgkd", "aft_nr",
                "arrest", "arrest_t098"]
 
+LT_ARMS = ["naive", "gmt", "fgmt", "oracle"]
+LT_ROWS = ["trained"] + LT_ARMS + ["gmt_warm", "gmt_gm4"]
+LT_ACTIVATIONS = ["none", "relu", "cnn"]
+LT_INITS = ["scratch"] + LT_ARMS
+LT_EPOCHS = ["e1", "e3"]
+
 FINETUNE_ARMS = ["finetune", "l2sp", "randreg_uniform", "randreg_normal", "randreg_pretrained",
                  "adarand"]
 FINETUNE_N = ["n5", "n10", "n20", "n50"]
@@ -246,6 +252,16 @@ TABLES = {
     "merge_digits_coreset": ("merge.md", "coreset/test/accuracy", 100.0,
                              ["digits", "rot90", "permuted"], ["dc"],
                              ("merge_digits_condense", "*")),
+    "learning_transfer": ("learning_transfer.md", "test/accuracy", 100.0, LT_ROWS,
+                          LT_ACTIVATIONS),
+    "learning_transfer_best": ("learning_transfer.md", "selected/test/accuracy", 100.0,
+                               LT_ARMS, LT_ACTIVATIONS, ("learning_transfer", "*")),
+    "learning_transfer_best_step": ("learning_transfer.md", "transfer/best_step", 1.0,
+                                    LT_ARMS, LT_ACTIVATIONS, ("learning_transfer", "*")),
+    "learning_transfer_ft_none": ("learning_transfer.md", "test/accuracy", 100.0, LT_INITS,
+                                  LT_EPOCHS),
+    "learning_transfer_ft_relu": ("learning_transfer.md", "test/accuracy", 100.0, LT_INITS,
+                                  LT_EPOCHS),
     "tta_digits_align": ("tta.md", "train/align", 1.0,
                          ["cafe", "cafe_no_im", "cafe_ungrouped", "cafe_ungrouped_shrink"],
                          ["mixed"], ("tta_digits", "*", "mixed")),
