@@ -166,6 +166,22 @@ def test_data_dir_from_environment():
   assert loading.resolve_data_dir("/elsewhere") == "/elsewhere"
 
 
+def test_runs_started_together_build_an_embedded_dataset_once(tmp_path):
+  """Two processes reading `digits` from one fresh data directory both get it whole: the
+  second waits for the first's build instead of racing it (TFDS renames a finished build into
+  place, which fails when another build got there first)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = ("import sys; from jaxlab.data import loading; "
+            "a = loading.load_split('digits', 'train', sys.argv[1]); print(a['label'].shape[0])")
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+  assert [out.split()[-1] for out, _ in outputs] == ["1438", "1438"]
+  assert sum("building the dataset" in out for out, _ in outputs) == 1
+
+
 # --- miniImageNet from a manual directory -------------------------------------------------------
 
 def _fake_mini_imagenet(root, classes_per_split=(3, 2, 2), per_class=4):

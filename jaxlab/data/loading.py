@@ -57,16 +57,26 @@ def get_builder(name: str, data_dir: Optional[str] = None, download: bool = Fals
     raise
   with _quiet(base in BUILDERS):
     prepared = builder.is_prepared()
-  if not prepared and (base in BUILDERS or download):
-    if base not in BUILDERS:  # a real download: say so, and fail fast without a network
-      _check_network(name)
+  if prepared or not (base in BUILDERS or download):
+    return builder
+  if base not in BUILDERS:  # a real download: fail fast without a network
+    _check_network(name)
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+  # Runs started together on one data directory (a sweep, parallel tests) build it once: the
+  # first holds the lock and builds, the others wait and then find it prepared.
+  with _build_lock(builder.data_dir):
+    with _quiet(base in BUILDERS):
+      builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+      prepared = builder.is_prepared()
+    if prepared:
+      return builder
+    if base not in BUILDERS:
       where = data_dir or "the TFDS default directory"
       print(f"jaxlab: downloading and preparing {name!r} into {where} (data.download=True); "
             "this can take long", flush=True)
     else:  # TFDS would announce a "download" of "Unknown size"
       print(f"jaxlab: building the dataset {_display_name(builder)!r} in "
             f"{builder.data_dir} (once; later runs read it)", flush=True)
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     try:
       with _quiet(base in BUILDERS):
         builder.download_and_prepare(file_format="array_record", download_config=config)
@@ -75,6 +85,25 @@ def get_builder(name: str, data_dir: Optional[str] = None, download: bool = Fals
         raise
       raise UserError(" ".join(str(e).split()) + " Point --config.data.manual_dir at it.") from None
   return builder
+
+
+@contextlib.contextmanager
+def _build_lock(version_dir: str):
+  """An exclusive lock beside `version_dir` (a local file lock; where the directory is not a
+  local path, e.g. gs://, nothing is locked)."""
+  parent = os.path.dirname(version_dir)
+  if "://" in parent:
+    yield
+    return
+  import fcntl  # pylint: disable=g-import-not-at-top
+  os.makedirs(parent, exist_ok=True)
+  lock_path = os.path.join(parent, "." + os.path.basename(version_dir) + ".lock")
+  with open(lock_path, "w") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
