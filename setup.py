@@ -33,7 +33,8 @@ setuptools.setup(
     extras_require={
         # TensorBoard events and the notebooks (run headless) are tested too
         "test": ["pytest>=7.0", "tensorboardX>=2.6", "nbclient>=0.9", "nbformat>=5.9",
-                 "ipykernel>=6.0", "jupytext>=1.16"],
+                 "ipykernel>=6.0", "jupytext>=1.16",
+                 "pytest-xdist>=3.5"],  # the suite runs on every core, a test file per worker
         "notebooks": ["jupyter", "jupytext>=1.16"],
         "tensorboard": ["tensorboardX>=2.6"],
         "bench": ["torch", "torchvision", "psutil"],  # benchmarks/ against PyTorch
