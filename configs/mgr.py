@@ -38,13 +38,12 @@ sum at lambda = 1 the term is d = 64 times larger and on digits it kept the trai
 
 import ml_collections
 
-from jaxlab.config import base_config, presets
+from jaxlab.config import base_config, presets, generator_config
 
 
 def _generative(c, method, fraction, sampler, latent_dim, width, steps, eval_every):
   c.method = method
-  c.generator = ml_collections.ConfigDict(dict(latent_dim=latent_dim, width=width,
-                                               discriminator_width=width))
+  c.generator = generator_config(latent_dim, width)
   c.inputs.generator = ""  # the frozen generator: a cgan run on the same classes
   c.generative = ml_collections.ConfigDict(dict(
       weight=1.0, real_weight=1.0, sampler=sampler, synthetic_batch=64,

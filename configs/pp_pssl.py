@@ -33,7 +33,7 @@ Presets:
 
 import ml_collections
 
-from jaxlab.config import load_config, presets
+from jaxlab.config import load_config, presets, generator_config
 
 
 def pp(steps=2000):
@@ -57,7 +57,7 @@ def digits(method="pssl", n=10, conditioning="target", steps=2000):
   c.optimizer.update(dict(schedule="step", learning_rate=0.01, weight_decay=0.0,
                           step_factor=0.1, step_boundaries=(steps // 2, 3 * steps // 4)))
   c.train.update(dict(eval_every=100, log_every=100, select_by="validation/loss"))
-  c.generator = ml_collections.ConfigDict(dict(latent_dim=8, width=64, discriminator_width=64))
+  c.generator = generator_config(latent_dim=8, width=64)
   # G_s (pssl) and C_s (pssl, kd), on the 5 source classes
   c.inputs = ml_collections.ConfigDict(dict(generator="", source_classifier=""))
   c.pssl = ml_collections.ConfigDict(dict(source_classes=5, conditioning=conditioning,

@@ -43,7 +43,7 @@ classifier run on the generator's classes for the latents' initialisation.
 
 import ml_collections
 
-from jaxlab.config import base_config, presets
+from jaxlab.config import base_config, presets, generator_config
 
 
 def _ssl(c, method, labels, steps, eval_every, lr=0.03):
@@ -74,8 +74,7 @@ def digits(method="fixmatch", labels=4, steps=3000):
 def _meta_gen_ssl(c, pool_size, num_classes, latent_dim=8, width=64):
   """The generator (the matching configs/cgan.py preset's architecture; a generator on other
   classes needs `meta_gen_ssl.source_classes`) and the §3(d) [R] defaults."""
-  c.generator = ml_collections.ConfigDict(dict(latent_dim=latent_dim, width=width,
-                                               discriminator_width=width))
+  c.generator = generator_config(latent_dim, width)
   # the frozen generator and C_s, on the generator's classes
   c.inputs = ml_collections.ConfigDict(dict(generator="", source_classifier=""))
   c.meta_gen_ssl = ml_collections.ConfigDict(dict(

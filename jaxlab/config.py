@@ -192,6 +192,15 @@ def base_config() -> ConfigDict:
   return c
 
 
+def generator_config(latent_dim: int, width: int) -> ConfigDict:
+  """`config.generator` of a method that reads a frozen generator (`inputs.generator`):
+  `kind` cgan (the GAN's architecture: latent_dim, width, discriminator_width) or ddpm (a
+  configs/ddpm.py run, its architecture read from the run; sampled by deterministic DDIM in
+  `sample_steps` steps with guidance scale `guidance`, from its EMA weights when `ema`)."""
+  return ConfigDict(dict(kind="cgan", latent_dim=latent_dim, width=width,
+                         discriminator_width=width, sample_steps=20, guidance=1.0, ema=True))
+
+
 def meta_learning_config() -> ConfigDict:
   """`base_config()` plus episodic data (`episodes`) and inner-loop (`meta`) fields."""
   c = base_config()

@@ -27,7 +27,11 @@ no run stream uses.
     attacks      0   robust accuracies (one fold per attack inside)
     margins      1   the adversarial margin histogram
     latents      2   cgan's z for the evaluation batch
+    noise        3   ddpm's steps and noise of the evaluation batch's denoising loss
   episodes: fold_in(key(episodes.eval_seed), 1000) is the root of the evaluation episodes.
+  reconstructions: fold_in(key(data.reconstruct.seed), 1001) is the root of a reconstructed
+    dataset D^(t) (jaxlab.data.reconstruction): fold_in(., t), then fold_in(., example index),
+    so that every run that reads D^(t) with that seed reads the same images.
 
 Split names fold in by a CRC-32 of the name, so `validation` and `test` batches differ.
 """
@@ -39,9 +43,10 @@ import jax
 TAGS = {
     "run": {"init": 0, "data": 1, "step": 2, "start": 3, "eval": 4, "report": 5},
     "data": {"indices": 0, "augment": 1, "latent_rows": 2, "extra": 3, "host_augment": 4},
-    "eval_batch": {"attacks": 0, "margins": 1, "latents": 2},
+    "eval_batch": {"attacks": 0, "margins": 1, "latents": 2, "noise": 3},
 }
 EVAL_EPISODES_TAG = 1000
+RECONSTRUCTION_TAG = 1001
 
 
 def run_key(seed: int) -> jax.Array:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab import streams
-from jaxlab.data import augment, loading, sources, transforms
+from jaxlab.data import augment, loading, reconstruction, sources, transforms
 from jaxlab.errors import UserError
 from jaxlab.train import sharding
 
@@ -309,8 +309,8 @@ class SupervisedTask(OnDevice):
     if data.classes and hi >= total:
       raise UserError(f"data.classes={data.classes!r} reaches label {hi}, but {data.name!r} has "
                       f"{total} classes (labels 0-{total - 1})")
+    num_classes = self._num_classes = hi - lo + 1 if data.classes else total
     train = self.train_arrays()
-    num_classes = hi - lo + 1 if data.classes else total
     self._check_labels(train, num_classes)
     self.spec = Spec(input_shape=self._input_shape(train), num_classes=num_classes)
 
@@ -362,7 +362,18 @@ class SupervisedTask(OnDevice):
 
   # -- training ---------------------------------------------------------------
   def train_arrays(self) -> Arrays:
-    return self._carved().get("train") or self.split_arrays(self._data.train_split)
+    """The training split (carved per `data.per_class` / `data.val_fraction` / ...), or its
+    reconstruction D^(t) by a diffusion run (`data.reconstruct`, jaxlab.data.reconstruction)."""
+    train = self._carved().get("train") or self.split_arrays(self._data.train_split)
+    rc = self._data.get("reconstruct")
+    if not (rc and rc.run):
+      return train
+    if self.streaming:
+      raise UserError("data.reconstruct builds the training set on the device: run it with "
+                      "data.pipeline=device or auto")
+    if "reconstructed" not in self._cache:
+      self._cache["reconstructed"] = reconstruction.reconstructed(train, rc, self._num_classes)
+    return self._cache["reconstructed"]
 
   def train_batch(self, data: Arrays, key: jax.Array, step: jax.Array):
     index_key = streams.fold(key, "data", "indices")

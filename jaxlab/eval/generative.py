@@ -56,6 +56,50 @@ def quality(model, variables, real: np.ndarray, real_labels: np.ndarray,
           "real_accuracy": float(np.mean(real_logits.argmax(-1) == real_labels))}
 
 
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * a @ b.T
+  return np.sqrt(np.maximum(squared, 0.0))
+
+
+def _knn_radii(features: np.ndarray, k: int) -> np.ndarray:
+  """Each point's distance to its k-th nearest other point of the same set."""
+  distances = _pairwise(features, features)
+  return np.sort(distances, axis=1)[:, k]   # column 0 is the point itself
+
+
+def manifold_metrics(real: np.ndarray, fake: np.ndarray, k: int = 5) -> Dict[str, float]:
+  """k-NN manifold estimates between [N, d] real and [M, d] generated features:
+  precision / recall (Kynkaenniemi et al. 2019, arXiv 1904.06991: the fraction of generated
+  points inside the union of the real points' k-NN balls, and the reverse) and density /
+  coverage (Naeem et al. 2020, arXiv 2002.09797: the mean count of real balls holding a
+  generated point, over k; the fraction of real balls holding at least one)."""
+  real_radii, fake_radii = _knn_radii(real, k), _knn_radii(fake, k)
+  cross = _pairwise(real, fake)                        # [N, M]
+  inside_real = cross <= real_radii[:, None]           # fake j in real i's ball
+  return {"precision": float(inside_real.any(0).mean()),
+          "recall": float((cross <= fake_radii[None, :]).any(1).mean()),
+          "density": float(inside_real.sum(0).mean() / k),
+          "coverage": float(inside_real.any(1).mean())}
+
+
+def class_geometry(features: np.ndarray, labels: np.ndarray,
+                   centroids: np.ndarray) -> Dict[str, float]:
+  """centroid_distance: the mean distance of each point to its class's (reference) centroid;
+  spread: the mean over classes of the mean distance to the class's own mean (dispersion)."""
+  features = np.asarray(features, np.float64)
+  to_centroid = np.linalg.norm(features - centroids[labels], axis=1)
+  spreads = [np.linalg.norm(features[labels == y] - features[labels == y].mean(0), axis=1).mean()
+             for y in np.unique(labels)]
+  return {"centroid_distance": float(to_centroid.mean()), "spread": float(np.mean(spreads))}
+
+
+def class_centroids(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  features = np.asarray(features, np.float64)
+  return np.stack([features[labels == y].mean(0) if np.any(labels == y)
+                   else np.zeros(features.shape[1]) for y in range(num_classes)])
+
+
 def save_image_grid(path: str, images: np.ndarray, columns: int) -> None:
   """Writes float images [N, H, W, C] in [0, 1] as one PNG, `columns` per row, 1-pixel gaps."""
   from PIL import Image  # pylint: disable=g-import-not-at-top

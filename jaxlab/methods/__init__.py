@@ -35,7 +35,8 @@ from jaxlab.train import inputs as inputs_lib
 from jaxlab.train.protocol import PROTOCOL, Method, Variant
 
 FAMILIES = ("erm", "maml", "supermask", "finetune", "adversarial", "arrest", "cgan",
-            "generative_reg", "ssl", "meta_gen_ssl", "tta", "merge", "learning_transfer")
+            "generative_reg", "ssl", "meta_gen_ssl", "tta", "merge", "learning_transfer",
+            "diffusion")
 
 
 def _bind(fn: Callable, options: Mapping[str, Any]) -> Tuple[Callable, set]:

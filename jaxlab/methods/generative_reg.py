@@ -108,14 +108,15 @@ class Finder(nn.Module):
     return u + nn.Dense(self.latent_dim, kernel_init=nn.initializers.zeros)(x)
 
 
-def _finder(config) -> Finder:
+def _generator(config, spec: tasks.Spec):
+  """The frozen generator on the task's classes (a cgan or a ddpm run, `generator.kind`)."""
+  return inputs.generator_model(config, spec, spec.num_classes)
+
+
+def _finder(config, spec: tasks.Spec) -> Finder:
   g = config.generative
-  return Finder(latent_dim=config.generator.latent_dim, hidden=tuple(g.finder_hidden),
+  return Finder(latent_dim=_generator(config, spec).latent_dim, hidden=tuple(g.finder_hidden),
                 class_input=g.finder_class_input)
-
-
-def _generator(config, spec: tasks.Spec) -> gan.ConditionalGenerator:
-  return gan.build_generator(config.generator, spec.num_classes, spec.input_shape)
 
 
 class GenerativeTask(tasks.SupervisedTask):
@@ -167,8 +168,8 @@ def make_task(config, num_devices: int = 1, *, default_sampler: str) -> Generati
 
 def init(config, rng: jax.Array, spec: tasks.Spec) -> GenerativeRegState:
   state = supervised.init(config, rng, spec)
-  latent = jnp.zeros((1, config.generator.latent_dim))
-  finder_params = _finder(config).init(jax.random.fold_in(rng, 2), latent,
+  latent = jnp.zeros((1, _generator(config, spec).latent_dim))
+  finder_params = _finder(config, spec).init(jax.random.fold_in(rng, 2), latent,
                                        jnp.zeros((1, spec.num_classes)))
   return GenerativeRegState(
       step=state.step, params=state.params, model_state=state.model_state,
@@ -179,9 +180,10 @@ def init(config, rng: jax.Array, spec: tasks.Spec) -> GenerativeRegState:
 def synthetic_batch(config, spec: tasks.Spec, generator_variables, finder_params,
                     rng: jax.Array, n: int, use_finder: bool):
   """(x_p [n, H, W, C], labels [n], mean ||w - u||) from the frozen generator."""
-  u, labels, c = gan.sample_conditions(rng, n, spec.num_classes, config.generator.latent_dim)
-  w = _finder(config).apply(finder_params, u, c) if use_finder else u
-  images = _generator(config, spec).apply(generator_variables, w, c, train=False)
+  generator = _generator(config, spec)
+  u, labels, c = gan.sample_conditions(rng, n, spec.num_classes, generator.latent_dim)
+  w = _finder(config, spec).apply(finder_params, u, c) if use_finder else u
+  images = generator.apply(generator_variables, w, c, train=False)
   return images, labels, jnp.linalg.norm(w - u, axis=-1).mean()
 
 

@@ -138,7 +138,7 @@ def init(config, rng: jax.Array, spec: tasks.Spec) -> MetaGenSslState:
   (the lazy Adam's initial state depends on the shapes only, so it is final here)."""
   m = config.meta_gen_ssl
   state = supervised.init(config, rng, spec)
-  latents = {"u": jnp.zeros((m.pool_size, config.generator.latent_dim)),
+  latents = {"u": jnp.zeros((m.pool_size, _latent_dim(config, spec))),
              "a": jnp.zeros((m.pool_size, m.source_classes))}
   return MetaGenSslState(step=state.step, params=state.params, model_state=state.model_state,
                          opt_state=state.opt_state, latents=latents,
@@ -157,7 +157,7 @@ def initial_latents(config, state: MetaGenSslState, labeled_images: jax.Array,
   the anchor image x_(j mod N) or log one-hot of a uniform class (floored at log 1e-6)."""
   m = config.meta_gen_ssl
   u_key, class_key = jax.random.split(rng)
-  u = jax.random.normal(u_key, (m.pool_size, config.generator.latent_dim))
+  u = jax.random.normal(u_key, state.latents["u"].shape)
   if m.renormalise:
     u = renormalise(u)
   if m.latent_init == "random":
@@ -175,6 +175,10 @@ def start_from(state: MetaGenSslState, train_data, *, config, spec: tasks.Spec):
   return state.replace(latents=initial_latents(
       config, state, augment.to_float(train_data["image"]),
       streams.run_stream(config.seed, "start")))
+
+
+def _latent_dim(config, spec: tasks.Spec) -> int:
+  return inputs.generator_model(config, spec, config.meta_gen_ssl.source_classes).latent_dim
 
 
 def synthesize(config, spec: tasks.Spec, generator_variables, latents) -> jax.Array:

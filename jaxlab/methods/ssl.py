@@ -220,8 +220,8 @@ def pseudo_samples(config, spec: tasks.Spec, state: TrainState, target_images: j
   """(x_p, c): generated images conditioned on the target images, constants of the loss."""
   cond_key, z_key = jax.random.split(rng)
   c = source_conditions(config, state, target_images, cond_key)
-  z = jax.random.normal(z_key, (target_images.shape[0], config.generator.latent_dim))
   generator = inputs.generator_model(config, spec, config.pssl.source_classes)
+  z = jax.random.normal(z_key, (target_images.shape[0], generator.latent_dim))
   images = generator.apply(state.frozen["generator"], z, c, train=False)
   return jax.lax.stop_gradient(images), c
 

@@ -13,11 +13,13 @@ never differentiated or updated.
 (read by the same `load_pretrained`). An input may fall back to it (`fallback="init_from"`:
 ARREST's frozen teacher is, by default, the model the run starts from).
 
-Three kinds of input cover the methods so far: `generator` (a `cgan` run: its architecture is
-`config.generator`, its classes given by the method) and `classifier` (any jaxlab classifier
-run: its architecture is read from the run's own config.json, so it may differ from the
-trained model's). `own_model` is a run of the trained model's architecture; `trajectory` the
-weights such a run kept along the way (`train.keep_schedule`), stacked on a leading axis.
+The kinds of input: `generator` (a `cgan` run, its architecture `config.generator`, or a
+`ddpm` run, its architecture read from the run, as `generator.kind` says; its classes given by
+the method), `diffusion_run` (a `ddpm` run on the task's classes) and `classifier` (any jaxlab
+classifier run: its architecture is read from the run's own config.json, so it may differ
+from the trained model's). `own_model` is a run of the trained model's architecture;
+`trajectory` the weights such a run kept along the way (`train.keep_schedule`), stacked on a
+leading axis.
 """
 
 import dataclasses
@@ -32,7 +34,7 @@ from etils import epath
 from jaxlab import models
 from jaxlab.data import tasks
 from jaxlab.errors import UserError
-from jaxlab.models import gan
+from jaxlab.models import diffusion, gan
 from jaxlab.train.checkpoint import load_pretrained, load_trajectory, trajectory_steps
 
 # (config, spec) -> the variables an input must provide (called under jax.eval_shape)
@@ -111,12 +113,14 @@ def load_method_inputs(method, config, spec: tasks.Spec) -> Dict[str, Any]:
 
 # -- the kinds of input ---------------------------------------------------------------------
 
-def run_config_path(workdir: str, field: str) -> epath.Path:
+def run_config_path(workdir: str, field: str, kind: str = "classifier") -> epath.Path:
   """`workdir`'s config.json, or a UserError naming `field` when it is not a jaxlab run."""
+  if not workdir:
+    raise UserError(f"{field} is not set: give the workdir of a finished {kind} run")
   config_path = epath.Path(workdir) / "config.json"
   if not config_path.exists():
     raise UserError(f"{field}={workdir!r} is not a jaxlab run (no config.json); give the "
-                    "workdir of a finished classifier run")
+                    f"workdir of a finished {kind} run")
   return config_path
 
 
@@ -138,15 +142,62 @@ def classifier(name: str, provides: str, classes: Callable[[Any, tasks.Spec], in
   return Input(name, provides, variables, required)
 
 
-def generator_model(config, spec: tasks.Spec, num_classes: int) -> gan.ConditionalGenerator:
-  return gan.build_generator(config.generator, num_classes, spec.input_shape)
+GENERATOR_KINDS = ("cgan", "ddpm")
+
+
+def diffusion_model(workdir: str, field: str, num_classes: int,
+                    image_shape) -> diffusion.Diffusion:
+  """The diffusion model of the `ddpm` run in `workdir` (its network and schedule from the
+  run's config.json) for `num_classes` classes and images of `image_shape`."""
+  saved = json.loads(run_config_path(workdir, field, "ddpm").read_text())
+  if saved.get("method") != "ddpm":
+    raise UserError(f"{field}={workdir!r} is a {saved.get('method')!r} run, not a ddpm run "
+                    "(configs/ddpm.py)")
+  return diffusion.build(ml_collections.ConfigDict(saved["model"]),
+                         ml_collections.ConfigDict(saved["diffusion"]), num_classes, image_shape)
+
+
+def generator_model(config, spec: tasks.Spec, num_classes: int):
+  """The frozen generator G(z, c) that `inputs.generator` holds, as `config.generator.kind`
+  says: `cgan` (its architecture `config.generator`) or `ddpm` (a trained diffusion model,
+  its architecture read from the run, sampled by deterministic DDIM in
+  `generator.sample_steps` steps with guidance `generator.guidance`; z is x_T, so
+  `latent_dim` is the image size). Both have `.latent_dim` and `.apply(variables, z, c)`."""
+  g = config.generator
+  kind = g.get("kind", "cgan")
+  if kind not in GENERATOR_KINDS:
+    raise UserError(f"config.generator.kind={kind!r} is not valid; valid: "
+                    + ", ".join(GENERATOR_KINDS))
+  workdir = config.get("inputs", {}).get("generator", "")
+  if kind == "ddpm":
+    return diffusion.DiffusionGenerator(
+        diffusion_model(workdir, "inputs.generator", num_classes, spec.input_shape),
+        steps=g.sample_steps, guidance=g.guidance, ema=g.ema)
+  saved = epath.Path(workdir) / "config.json" if workdir else None
+  if saved is not None and saved.exists() and json.loads(saved.read_text()).get(
+      "method") == "ddpm":
+    raise UserError(f"inputs.generator={workdir!r} is a ddpm run: set "
+                    "--config.generator.kind=ddpm")
+  return gan.build_generator(g, num_classes, spec.input_shape)
 
 
 def generator(name: str, provides: str, classes: Callable[[Any, tasks.Spec], int]) -> Input:
-  """A `cgan` run of the architecture `config.generator`, conditioned on `classes` classes."""
+  """A generator run conditioned on `classes` classes: a `cgan` run of the architecture
+  `config.generator`, or a `ddpm` run (`generator.kind`; see `generator_model`)."""
   def variables(config, spec):
-    return gan.init_generator(generator_model(config, spec, classes(config, spec)),
-                              jax.random.key(0))
+    model = generator_model(config, spec, classes(config, spec))
+    if isinstance(model, diffusion.DiffusionGenerator):
+      return model.init(jax.random.key(0))
+    return gan.init_generator(model, jax.random.key(0))
+  return Input(name, provides, variables)
+
+
+def diffusion_run(name: str, provides: str) -> Input:
+  """A `ddpm` run on the task's classes and image shape: its {"params", "ema"}."""
+  def variables(config, spec):
+    model = diffusion_model(config.inputs[name], f"inputs.{name}", spec.num_classes,
+                            spec.input_shape)
+    return diffusion.DiffusionGenerator(model).init(jax.random.key(0))
   return Input(name, provides, variables)
 
 
