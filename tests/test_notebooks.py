@@ -20,6 +20,7 @@ FIGURES = {
     "generative_ssl": ["cgan/samples.png", "generative_curves.png"],
     "robustness": ["robustness_radii.png"],
     "merging": ["merging_by_hand.png", "merge_ste/merge_curves.png"],
+    "test_time_adaptation": ["tta_corruptions.png", "tta_online_error.png"],
 }
 # one notebook, executed by nbclient in its own process: a failing cell raises
 # CellExecutionError with the cell's traceback, which the test shows
