@@ -21,6 +21,7 @@ FIGURES = {
     "robustness": ["robustness_radii.png"],
     "merging": ["merging_by_hand.png", "merge_ste/merge_curves.png"],
     "test_time_adaptation": ["tta_corruptions.png", "tta_online_error.png"],
+    "diffusion": ["ddpm/samples.png", "diffusion_samplers.png", "diffusion_reconstructions.png"],
 }
 # one notebook, executed by nbclient in its own process: a failing cell raises
 # CellExecutionError with the cell's traceback, which the test shows
