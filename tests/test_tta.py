@@ -410,14 +410,3 @@ def test_the_prepared_cifar10_corrupted_sets_stream_in_place_of_on_device_corrup
   with pytest.raises(jaxlab.UserError, match="valid: brightness, contrast"):
     adaptation.parse_pairs(jaxlab.load_config("configs/tta.py:cifar10_corrupted", {
         "tta.corruptions": "glass_blur"}).tta)
-
-
-def test_the_jnp_cholesky_and_solves_equal_numpy():
-  rng = np.random.default_rng(9)
-  a = _spd(rng, 7)
-  b = rng.normal(size=(7, 3))
-  factor = tta.cholesky(jnp.asarray(a, jnp.float32))
-  np.testing.assert_allclose(factor, np.linalg.cholesky(a), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(tta.cho_solve(factor, jnp.asarray(b, jnp.float32)),
-                             np.linalg.solve(a, b), rtol=1e-4, atol=1e-5)
-  assert np.isnan(np.asarray(tta.cholesky(jnp.asarray(-a, jnp.float32)))).any()

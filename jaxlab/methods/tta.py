@@ -50,6 +50,7 @@ from flax import traverse_util
 from jaxlab import models
 from jaxlab.data import adaptation, tasks
 from jaxlab.errors import UserError, unknown
+from jaxlab.meta.solvers import cho_solve, cholesky
 from jaxlab.train import losses, optim
 from jaxlab.train.protocol import Variant
 from jaxlab.train.state import TrainState
@@ -183,42 +184,6 @@ def _padded(cov: jax.Array, mask: jax.Array) -> jax.Array:
   0 to every divergence below."""
   outer = mask[:, None] * mask[None]
   return cov * outer + jnp.diag(1.0 - mask)
-
-
-def cholesky(a: jax.Array) -> jax.Array:
-  """The lower Cholesky factor of an SPD matrix, column by column in jnp (NaN where a is not
-  positive definite).
-
-  jnp rather than jax.scipy.linalg: jaxlib's CPU LAPACK kernels run a batch of small solves
-  with ParallelBatchMap on XLA's intra-op thread pool, and two such thunks in flight can wait
-  on each other (observed: an adaptation stalled for good at a random step on 2 cores). The
-  groups here are at most a few dozen features, so the loops cost little."""
-  n = a.shape[-1]
-  index = jnp.arange(n)
-
-  def column(j, factor):
-    row = jnp.where(index < j, factor[j], 0.0)
-    pivot = jnp.sqrt(a[j, j] - row @ row)
-    values = (a[:, j] - factor @ row) / pivot
-    return factor.at[:, j].set(jnp.where(index > j, values, 0.0).at[j].set(pivot))
-
-  return jax.lax.fori_loop(0, n, column, jnp.zeros_like(a))
-
-
-def cho_solve(factor: jax.Array, b: jax.Array) -> jax.Array:
-  """x with (L L^T) x = b, by forward then back substitution (b: [n] or [n, m])."""
-  n = factor.shape[-1]
-
-  def forward(i, y):  # rows > i of y are still 0
-    return y.at[i].set((b[i] - factor[i] @ y) / factor[i, i])
-
-  y = jax.lax.fori_loop(0, n, forward, jnp.zeros_like(b))
-
-  def back(k, x):
-    i = n - 1 - k
-    return x.at[i].set((y[i] - factor[:, i] @ x) / factor[i, i])
-
-  return jax.lax.fori_loop(0, n, back, jnp.zeros_like(b))
 
 
 def gaussian_divergence(mu_s, cov_s, mu_t, cov_t, kind: str = "sym_kl") -> jax.Array:
