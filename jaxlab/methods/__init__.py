@@ -36,7 +36,7 @@ from jaxlab.train.protocol import PROTOCOL, Method, Variant
 
 FAMILIES = ("erm", "maml", "supermask", "finetune", "adversarial", "arrest", "cgan",
             "generative_reg", "ssl", "meta_gen_ssl", "tta", "merge", "learning_transfer",
-            "diffusion")
+            "diffusion", "closed_form")
 
 
 def _bind(fn: Callable, options: Mapping[str, Any]) -> Tuple[Callable, set]:

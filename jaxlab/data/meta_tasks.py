@@ -1,0 +1,256 @@
+"""Task sources of the closed-form meta-learners (docs/specs/closed_form_meta_learning.md §2-§4,
+§9.1), drawn inside jit like the few-shot episodes (`jaxlab.data.episodes`): fixed shapes, a
+meta-batch of tasks per step, fixed evaluation tasks from `episodes.eval_seed`.
+
+`closed_form.source` picks what a task is:
+  `ood`        §2(g): `ways` in-distribution classes with `shots` support examples each;
+               queries: `queries` per ID class and as many from one other class of the same
+               split (the OoD ones, `ood` = 1).
+  `pu`         §3(g): a positive class and the split's other classes as negatives, a class
+               prior pi ~ U[prior_low, prior_high]; support P (`positives` positives) and U
+               (`unlabeled` rows, each positive with probability pi); labelled queries from
+               the same mixture (`queries` rows, `y` = +1 / -1).
+  `pu_gauss`   the same on synthetic tasks: in `dim` dimensions, p_P = N(m_P, I), p_N =
+               N(m_N, I) with m ~ N(0, `spread`^2 I) drawn per task.
+  `ratio_gauss` §4(g): p_A = N(m_A, S_A), p_B = N(m_B, S_B) in `dim` dimensions (means
+               N(0, `spread`^2 I), covariances W W^T / dim + 0.5 I, W normal), supports A, B
+               (`support_a`, `support_b` rows), queries Q_A, Q_B (`queries` each) and
+               `eval_points` points of the alpha-mixture with their true r_alpha.
+  `ratio_outlier` §4(g)'s outlier detection: A = `support_a` clean examples of one class,
+               B = `support_b` examples of which `outlier_fraction` come from other classes
+               (`outlier` = 1); queries Q_A, Q_B as above.
+Image sources read `config.data` (flattened to vectors in [0, 1]); the split's classes are
+`closed_form.train_classes` for training and validation episodes (other draws) and
+`closed_form.test_classes` for the test episodes (unseen classes), each a `lo-hi` label range
+of the pooled training and test examples.
+"""
+
+import math
+from typing import Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlab.data import augment, episodes, tasks
+from jaxlab.errors import UserError, unknown
+
+SOURCES = ("ood", "pu", "pu_gauss", "ratio_gauss", "ratio_outlier")
+IMAGE_SOURCES = ("ood", "pu", "ratio_outlier")
+Arrays = Dict[str, np.ndarray]
+EVAL_SALT = {"validation": 1, "test": 2}
+
+
+def _range(text: str, field: str) -> Tuple[int, int]:
+  try:
+    lo, hi = (int(v) for v in text.split("-"))
+  except ValueError:
+    raise UserError(f"closed_form.{field}={text!r} is not a label range like '0-5'") from None
+  if not 0 <= lo <= hi:
+    raise UserError(f"closed_form.{field}={text!r}: give lo-hi with 0 <= lo <= hi")
+  return lo, hi
+
+
+def _pick(key: jax.Array, images: jax.Array, counts: jax.Array, c, n: int) -> jax.Array:
+  """n distinct real instances of class c."""
+  scores = jax.random.uniform(key, (images.shape[1],))
+  scores = jnp.where(jnp.arange(images.shape[1]) < counts[c], scores, 2.0)
+  return images[c, jnp.argsort(scores)[:n]]
+
+
+def _with_replacement(key, images, counts, c, n: int) -> jax.Array:
+  index = jax.random.randint(key, (n,), 0, counts[c])
+  return images[c, index]
+
+
+def gaussian_logpdf(x: jax.Array, mean: jax.Array, cov: jax.Array) -> jax.Array:
+  d = mean.shape[-1]
+  diff = x - mean
+  _, logdet = jnp.linalg.slogdet(cov)
+  quad = jnp.sum(diff * jnp.linalg.solve(cov, diff.T).T, -1)
+  return -0.5 * (d * jnp.log(2 * jnp.pi) + logdet + quad)
+
+
+def true_relative_ratio(x, mean_a, cov_a, mean_b, cov_b, alpha: float) -> jax.Array:
+  """r_alpha(x) = p_A / (alpha p_A + (1 - alpha) p_B) of two Gaussians."""
+  la, lb = gaussian_logpdf(x, mean_a, cov_a), gaussian_logpdf(x, mean_b, cov_b)
+  return 1.0 / (alpha + (1.0 - alpha) * jnp.exp(lb - la))
+
+
+class MetaTask(episodes._Episodes):  # pylint: disable=protected-access
+  """The tasks of `closed_form.source` (see the module docstring)."""
+
+  def __init__(self, config, num_devices: int = 1):
+    super().__init__(config, num_devices)
+    c = config.closed_form
+    if c.source not in SOURCES:
+      raise unknown("task source (closed_form.source)", c.source, SOURCES)
+    self.source, self.c = c.source, c
+    self._data = config.data
+    self._pooled = None
+    if c.source in IMAGE_SOURCES:
+      train = self.train_arrays()
+      dim = int(np.prod(train["images"].shape[2:]))
+    else:
+      dim = c.dim
+    self.dim = dim
+    self.spec = tasks.Spec(input_shape=(dim,), num_classes=c.ways if c.source == "ood" else 2)
+
+  # -- the class-indexed splits of image sources ---------------------------------------------
+  def _split(self, classes: str, field: str) -> Arrays:
+    if self._pooled is None:
+      parts = [tasks.load_arrays(self._data, s) for s in ("train", "test")]
+      self._pooled = episodes.class_index(
+          np.concatenate([p["image"] for p in parts]),
+          np.concatenate([p["label"] for p in parts]))
+    lo, hi = _range(classes, field)
+    total = len(self._pooled["counts"])
+    if hi >= total:
+      raise UserError(f"closed_form.{field}={classes!r} reaches class {hi}; "
+                      f"{self._data.name!r} has {total} (0-{total - 1})")
+    images = self._pooled["images"][lo:hi + 1]
+    flat = images.reshape(images.shape[:2] + (-1,))
+    needed = self.c.ways + 1 if self.source == "ood" else 2
+    if hi - lo + 1 < needed:
+      raise UserError(f"closed_form.{field}={classes!r} has {hi - lo + 1} classes; a "
+                      f"{self.source} task needs {needed}")
+    return {"images": flat, "counts": self._pooled["counts"][lo:hi + 1]}
+
+  def train_arrays(self) -> Arrays:
+    if self.source not in IMAGE_SOURCES:
+      return {}
+    return self._split(self.c.train_classes, "train_classes")
+
+  def eval_arrays(self, split: str) -> Arrays:
+    if self.source not in IMAGE_SOURCES:   # procedural laws: each split its own draws
+      return {"salt": np.asarray(EVAL_SALT.get(split, len(EVAL_SALT) + 1), np.int32)}
+    if split == "validation":
+      return self.train_arrays()
+    return self._split(self.c.test_classes, "test_classes")
+
+  # -- one task ---------------------------------------------------------------------------------
+  def episode(self, data, key, evaluation: bool):
+    del evaluation
+    if "salt" in data:
+      key = jax.random.fold_in(key, data["salt"])
+    return getattr(self, f"_{self.source}")(data, key)
+
+  def _ood(self, data, key):
+    c = self.c
+    images, counts = data["images"], data["counts"]
+    class_key, key = jax.random.split(key)
+    classes = jax.random.choice(class_key, images.shape[0], (c.ways + 1,), replace=False)
+    keys = jax.random.split(key, c.ways + 1)
+    inside = jax.vmap(lambda k, cl: _pick(k, images, counts, cl, c.shots + c.queries))(
+        keys[:c.ways], classes[:c.ways])                      # [ways, shots + queries, D]
+    outside = _pick(keys[-1], images, counts, classes[-1], c.ways * c.queries)
+    labels = jnp.arange(c.ways, dtype=jnp.int32)
+    query = jnp.concatenate([inside[:, c.shots:].reshape(-1, self.dim), outside])
+    return {"support": {"x": augment.to_float(inside[:, :c.shots].reshape(-1, self.dim)),
+                        "y": jnp.repeat(labels, c.shots)},
+            "query": {"x": augment.to_float(query),
+                      "y": jnp.concatenate([jnp.repeat(labels, c.queries),
+                                            jnp.full((c.ways * c.queries,), -1, jnp.int32)]),
+                      "ood": jnp.repeat(jnp.array([0.0, 1.0]), c.ways * c.queries)}}
+
+  def _prior(self, key):
+    return jax.random.uniform(key, (), minval=self.c.prior_low, maxval=self.c.prior_high)
+
+  def _pu_rows(self, key, prior, n, positive_fn, negative_fn):
+    p_key, n_key, y_key = jax.random.split(key, 3)
+    is_positive = jax.random.bernoulli(y_key, prior, (n,))
+    x = jnp.where(is_positive[:, None], positive_fn(p_key, n), negative_fn(n_key, n))
+    return x, jnp.where(is_positive, 1, -1).astype(jnp.int32)
+
+  def _pu_task(self, key, positive_fn, negative_fn):
+    c = self.c
+    prior_key, p_key, u_key, q_key = jax.random.split(key, 4)
+    prior = self._prior(prior_key)
+    u, _ = self._pu_rows(u_key, prior, c.unlabeled, positive_fn, negative_fn)
+    q, y = self._pu_rows(q_key, prior, c.queries, positive_fn, negative_fn)
+    return {"support": {"p": positive_fn(p_key, c.positives), "u": u},
+            "query": {"x": q, "y": y}, "prior": prior}
+
+  def _pu(self, data, key):
+    images, counts = data["images"], data["counts"]
+    class_key, key = jax.random.split(key)
+    positive = jax.random.randint(class_key, (), 0, images.shape[0])
+
+    def positives(k, n):
+      return augment.to_float(_with_replacement(k, images, counts, positive, n))
+
+    def negatives(k, n):  # a uniform other class per row
+      class_keys = jax.random.split(k, n)
+      offsets = jax.vmap(lambda kk: jax.random.randint(kk, (), 1, images.shape[0]))(class_keys)
+      others = (positive + offsets) % images.shape[0]
+      rows = jax.vmap(lambda kk, cl: _with_replacement(kk, images, counts, cl, 1)[0])(
+          jax.random.split(jax.random.fold_in(k, 1), n), others)
+      return augment.to_float(rows)
+    return self._pu_task(key, positives, negatives)
+
+  def _pu_gauss(self, data, key):
+    del data
+    mean_key, key = jax.random.split(key)
+    means = self.c.spread * jax.random.normal(mean_key, (2, self.dim))
+    draw = lambda m: (lambda k, n: m + jax.random.normal(k, (n, self.dim)))
+    return self._pu_task(key, draw(means[0]), draw(means[1]))
+
+  def _ratio_gauss(self, data, key):
+    del data
+    c = self.c
+    keys = jax.random.split(key, 8)
+    d = self.dim
+    means = c.spread * jax.random.normal(keys[0], (2, d))
+    w = jax.random.normal(keys[1], (2, d, d))
+    covs = jnp.einsum("sij,skj->sik", w, w) / d + 0.5 * jnp.eye(d)
+    roots = jnp.linalg.cholesky(covs)
+    draw = lambda k, s, n: means[s] + jax.random.normal(k, (n, d)) @ roots[s].T
+    from_a = jax.random.bernoulli(keys[6], c.alpha, (c.eval_points,))
+    mixture = jnp.where(from_a[:, None], draw(keys[4], 0, c.eval_points),
+                        draw(keys[5], 1, c.eval_points))
+    return {"support": {"a": draw(keys[2], 0, c.support_a), "b": draw(keys[3], 1, c.support_b)},
+            "query": {"a": draw(keys[7], 0, c.queries),
+                      "b": draw(jax.random.fold_in(keys[7], 1), 1, c.queries)},
+            "mixture": {"x": mixture, "ratio": true_relative_ratio(
+                mixture, means[0], covs[0], means[1], covs[1], c.alpha)}}
+
+  def _ratio_outlier(self, data, key):
+    c = self.c
+    images, counts = data["images"], data["counts"]
+    class_key, key = jax.random.split(key)
+    clean = jax.random.randint(class_key, (), 0, images.shape[0])
+    keys = jax.random.split(key, 5)
+
+    def rows(k, n, fraction):
+      is_out = jax.random.bernoulli(jax.random.fold_in(k, 0), fraction, (n,))
+      offsets = jax.random.randint(jax.random.fold_in(k, 1), (n,), 1, images.shape[0])
+      cls = jnp.where(is_out, (clean + offsets) % images.shape[0], clean)
+      x = jax.vmap(lambda kk, cl: _with_replacement(kk, images, counts, cl, 1)[0])(
+          jax.random.split(jax.random.fold_in(k, 2), n), cls)
+      return augment.to_float(x), is_out.astype(jnp.float32)
+
+    a, _ = rows(keys[0], c.support_a, 0.0)
+    b, outlier = rows(keys[1], c.support_b, c.outlier_fraction)
+    qa, _ = rows(keys[2], c.queries, 0.0)
+    qb, _ = rows(keys[3], c.queries, c.outlier_fraction)
+    return {"support": {"a": a, "b": b, "outlier": outlier}, "query": {"a": qa, "b": qb}}
+
+
+def make_task(config, num_devices: int = 1) -> MetaTask:
+  return MetaTask(config, num_devices)
+
+
+def auroc(positive: jax.Array, negative: jax.Array, w_pos=None, w_neg=None) -> jax.Array:
+  """P(score of a positive > score of a negative), ties counting 1/2 (the Mann-Whitney
+  statistic), over all pairs, with optional 0/1 weights."""
+  w_pos = jnp.ones_like(positive) if w_pos is None else w_pos
+  w_neg = jnp.ones_like(negative) if w_neg is None else w_neg
+  diff = positive[:, None] - negative[None]
+  wins = (diff > 0) + 0.5 * (diff == 0)
+  weights = w_pos[:, None] * w_neg[None]
+  return jnp.sum(wins * weights) / jnp.maximum(weights.sum(), 1e-12)
+
+
+def soft_auroc(positive: jax.Array, negative: jax.Array, temperature) -> jax.Array:
+  """The smoothed AUROC: mean sigmoid((s_pos - s_neg) / tau) over all pairs."""
+  return jnp.mean(jax.nn.sigmoid((positive[:, None] - negative[None]) / temperature))
