@@ -28,7 +28,9 @@ DOCS = os.path.dirname(os.path.abspath(__file__))
 # "paired:" (e.g. "paired:selected/test/accuracy"): the rows are "a-b" and each cell holds
 # the per-seed differences a - b over the seeds both arms have, from the runs of `source` =
 # (table directory, "*"), with how many of them are >= 0. A source with a third element reads
-# only that column directory (e.g. one stream of the TTA runs).
+# only that column directory (e.g. one stream of the TTA runs). A metric starting with "grid:"
+# is a key template with {row} and {column} (e.g. "grid:gap/t{column}/{row}": one analysis run
+# holding a metric per t), read from the runs of `source` = (table directory, row directory).
 ROBUST_ARMS = ["erm", "pgd_at", "trades", "sovr", "gairat", "mail", "aft", "aft_rgkd", "aft_nr",
                "arrest", "arrest_t098"]
 
@@ -84,6 +86,12 @@ WIDTH_PROBES = [f"layer{layer}/{probe}" for probe in ("cos", "magnitude")
                 for layer in (1, 2, 3, 4)] + [
                     f"layer{layer}/{probe}" for probe in ("additivity", "orthogonality")
                     for layer in (1, 2, 3)]
+
+DIFFUSION_T = ["t0", "t0.1", "t0.25", "t0.5", "t0.75", "t1.0"]
+DIFFUSION_GRID = ["0", "0.1", "0.25", "0.5", "0.75", "1"]
+DIFFUSION_GAP = ["reference_accuracy", "confidence", "loss", "centroid_distance", "spread",
+                 "precision", "recall", "density", "coverage", "pixel_distance",
+                 "frechet_distance"]
 
 DERIVED = {
     "nrr": (("accuracy", "robust_accuracy/aa_lite"),
@@ -262,6 +270,15 @@ TABLES = {
                                   LT_EPOCHS),
     "learning_transfer_ft_relu": ("learning_transfer.md", "test/accuracy", 100.0, LT_INITS,
                                   LT_EPOCHS),
+    "diffusion_ddpm": ("diffusion.md", "quality/*", 1.0,
+                       ["frechet_distance", "sample_accuracy", "real_accuracy"], ["digits"],
+                       ("diffusion_ddpm", "ddpm")),
+    "diffusion_accuracy": ("diffusion.md", "test/accuracy", 100.0, ["real", "g1", "g3"],
+                           DIFFUSION_T),
+    "diffusion_gap_g1": ("diffusion.md", "grid:gap/t{column}/{row}", 1.0, DIFFUSION_GAP,
+                         DIFFUSION_GRID, ("diffusion_gap", "g1")),
+    "diffusion_gap_g3": ("diffusion.md", "grid:gap/t{column}/{row}", 1.0, DIFFUSION_GAP,
+                         DIFFUSION_GRID, ("diffusion_gap", "g3")),
     "tta_digits_align": ("tta.md", "train/align", 1.0,
                          ["cafe", "cafe_no_im", "cafe_ungrouped", "cafe_ungrouped_shrink"],
                          ["mixed"], ("tta_digits", "*", "mixed")),
@@ -280,6 +297,14 @@ def collect(runs: str, table: str):
     row, column = path.split(os.sep)[-4:-2]
     with open(path) as f:
       results = json.load(f)
+    if metric and metric.startswith("grid:"):
+      _, _, _, rows, columns, *_ = TABLES[table]
+      for r in rows:
+        for c in columns:
+          key = metric[len("grid:"):].format(row=r, column=c)
+          if key in results:
+            cells.setdefault((r, c), []).append(scale * results[key])
+      continue
     if metric is None:
       test = {k[len("test/"):]: v for k, v in results.items()
               if k.startswith("test/") and not k.endswith("_ci95")}
