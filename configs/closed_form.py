@@ -15,7 +15,9 @@ Presets (`:name[,key=value]`):
                  8 ID + 16 OoD queries (a third class), MLP encoder 64-128-128-16; test tasks
                  from classes 6-9; `covariance` (full | diag | shared), `score` (gmm |
                  proto), `encoder` (network | pca: PCA-16 of the meta-training images, no
-                 training: add train.steps=0), `steps` (3,000).
+                 training: add train.steps=0), `steps` (3,000), `rotation` (degrees: each
+                 meta-training task's images rotated by one angle in +-rotation, §2(g)'s
+                 optional domains; 0: none).
   pu_gauss       §3(g) synthetic: 4-d Gaussian P and N laws per task, pi ~ U[0.2, 0.8],
                  |P| = `positives` (10), |U| = `unlabeled` (50), 50 labelled queries.
   pu_digits      §3(g) digits: positive class vs the other classes of 0-5 (test: 6-9).
@@ -45,6 +47,7 @@ def _closed_form(method, source, steps, **fields):
       # ood: tasks, the mixture and its meta-loss
       ways=2, shots=5, queries=8, covariance="full", shrink=0.0, score="gmm",
       encoder="network", pca_dim=16, eps_init=0.1, tau=1.0, aux_ce=0.0, baseline_eps=0.1,
+      task_rotation=0.0,
       # pu / ratio: tasks
       positives=10, unlabeled=50, prior_low=0.2, prior_high=0.8, dim=4, spread=1.5,
       alpha=0.5, support_a=30, support_b=30, eval_points=200, outlier_fraction=0.1,
@@ -62,9 +65,10 @@ def _closed_form(method, source, steps, **fields):
   return c
 
 
-def ood_digits(shots=5, covariance="full", score="gmm", encoder="network", steps=3000):
+def ood_digits(shots=5, covariance="full", score="gmm", encoder="network", steps=3000,
+               rotation=0.0):
   c = _closed_form("meta_ood", "ood", steps, shots=shots, covariance=covariance, score=score,
-                   encoder=encoder)
+                   encoder=encoder, task_rotation=rotation)
   c.closed_form.embedding = 16
   return c
 

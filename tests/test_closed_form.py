@@ -166,3 +166,27 @@ def test_bad_input_is_one_line(tmp_path, args, message):
   assert code != 0
   assert message in err, err
   assert len([line for line in err.strip().splitlines() if line.strip()]) == 1, err
+
+
+def test_task_rotation_turns_each_training_task_by_one_angle_and_leaves_evaluation_tasks():
+  _, plain, _, data = _setup("tiny_ood")
+  _, turned, _, _ = _setup("tiny_ood", "closed_form.task_rotation=180.0")
+  key = jax.random.key(4)
+  a, b = plain.train_batch(data, key, 0), turned.train_batch(data, key, 0)
+  np.testing.assert_array_equal(a["support"]["y"], b["support"]["y"])
+  assert not np.allclose(a["support"]["x"], b["support"]["x"])
+  # one angle a task: rotating the plain task's images by it gives the turned task, for
+  # every image of the task; the angle is found from the first support image
+  from jaxlab.data import augment
+  images = lambda x: x.reshape((-1, 8, 8, 1))
+  task_a = np.concatenate([a["support"]["x"][0], a["query"]["x"][0]])
+  task_b = np.concatenate([b["support"]["x"][0], b["query"]["x"][0]])
+  angles = jnp.deg2rad(jnp.linspace(-180.0, 180.0, 721))
+  errors = [float(jnp.abs(augment.rotate(images(task_a[:1]), angle[None]) -
+                          images(task_b[:1])).max()) for angle in angles]
+  best = angles[int(np.argmin(errors))]
+  rotated = augment.rotate(images(task_a), jnp.full((task_a.shape[0],), best))
+  np.testing.assert_allclose(rotated.reshape(task_b.shape), task_b, atol=0.05)
+  eval_a = plain.eval_batch(data, 0)
+  eval_b = turned.eval_batch(data, 0)
+  np.testing.assert_array_equal(eval_a["support"]["x"], eval_b["support"]["x"])

@@ -5,7 +5,8 @@ meta-batch of tasks per step, fixed evaluation tasks from `episodes.eval_seed`.
 `closed_form.source` picks what a task is:
   `ood`        §2(g): `ways` in-distribution classes with `shots` support examples each;
                queries: `queries` per ID class and as many from one other class of the same
-               split (the OoD ones, `ood` = 1).
+               split (the OoD ones, `ood` = 1). `task_rotation` > 0 rotates all of a
+               meta-training task's images by one angle in +-task_rotation degrees.
   `pu`         §3(g): a positive class and the split's other classes as negatives, a class
                prior pi ~ U[prior_low, prior_high]; support P (`positives` positives) and U
                (`unlabeled` rows, each positive with probability pi); labelled queries from
@@ -91,6 +92,7 @@ class MetaTask(episodes._Episodes):  # pylint: disable=protected-access
     if c.source in IMAGE_SOURCES:
       train = self.train_arrays()
       dim = int(np.prod(train["images"].shape[2:]))
+      self._image_shape = tuple(self._pooled["images"].shape[2:])
     else:
       dim = c.dim
     self.dim = dim
@@ -130,25 +132,39 @@ class MetaTask(episodes._Episodes):  # pylint: disable=protected-access
 
   # -- one task ---------------------------------------------------------------------------------
   def episode(self, data, key, evaluation: bool):
-    del evaluation
     if "salt" in data:
       key = jax.random.fold_in(key, data["salt"])
+    if self.source == "ood":
+      return self._ood(data, key, evaluation)
     return getattr(self, f"_{self.source}")(data, key)
 
-  def _ood(self, data, key):
+  def _task_domain(self, key, rows: jax.Array) -> jax.Array:
+    """One rotation by U(-task_rotation, task_rotation) degrees for all of a task's images
+    (§2(g)'s optional "rotated-digit" domains), float rows in [0, 1]."""
+    images = rows.reshape((-1,) + self._image_shape)
+    angle = jnp.deg2rad(jax.random.uniform(key, (), minval=-self.c.task_rotation,
+                                           maxval=self.c.task_rotation))
+    rotated = augment.rotate(images, jnp.full((images.shape[0],), angle))
+    return rotated.reshape(rows.shape)
+
+  def _ood(self, data, key, evaluation: bool):
     c = self.c
     images, counts = data["images"], data["counts"]
-    class_key, key = jax.random.split(key)
+    class_key, domain_key, key = jax.random.split(key, 3)
     classes = jax.random.choice(class_key, images.shape[0], (c.ways + 1,), replace=False)
     keys = jax.random.split(key, c.ways + 1)
     inside = jax.vmap(lambda k, cl: _pick(k, images, counts, cl, c.shots + c.queries))(
         keys[:c.ways], classes[:c.ways])                      # [ways, shots + queries, D]
     outside = _pick(keys[-1], images, counts, classes[-1], c.ways * c.queries)
     labels = jnp.arange(c.ways, dtype=jnp.int32)
-    query = jnp.concatenate([inside[:, c.shots:].reshape(-1, self.dim), outside])
-    return {"support": {"x": augment.to_float(inside[:, :c.shots].reshape(-1, self.dim)),
-                        "y": jnp.repeat(labels, c.shots)},
-            "query": {"x": augment.to_float(query),
+    support = augment.to_float(inside[:, :c.shots].reshape(-1, self.dim))
+    query = augment.to_float(jnp.concatenate([inside[:, c.shots:].reshape(-1, self.dim),
+                                              outside]))
+    if c.get("task_rotation", 0.0) > 0 and not evaluation:
+      both = self._task_domain(domain_key, jnp.concatenate([support, query]))
+      support, query = both[:support.shape[0]], both[support.shape[0]:]
+    return {"support": {"x": support, "y": jnp.repeat(labels, c.shots)},
+            "query": {"x": query,
                       "y": jnp.concatenate([jnp.repeat(labels, c.queries),
                                             jnp.full((c.ways * c.queries,), -1, jnp.int32)]),
                       "ood": jnp.repeat(jnp.array([0.0, 1.0]), c.ways * c.queries)}}
