@@ -11,6 +11,11 @@ baselines' (`baseline/*`). Adam 1e-3, gradient clipping at norm 5, `episodes.met
 a step.
 
 Presets (`:name[,key=value]`):
+  ssl_tables     §1(g): 2-way tasks with `shots` (1) labelled rows a class, `unlabeled` (20)
+                 unlabelled rows and 10 queries a class; meta-trained on procedural tables of
+                 2-10 attributes, tested on iris / wine / breast_cancer / digits (2-20 random
+                 attributes, random class pairs); VFSA H = 32, 2 layers, 4 heads, K = 32, 3 EM
+                 steps; `use_unlabeled`, `row_attention` (the ablations), `steps` (3,000).
   ood_digits     §2(g): 2 in-distribution digit classes of 0-5 with `shots` (5) examples each,
                  8 ID + 16 OoD queries (a third class), MLP encoder 64-128-128-16; test tasks
                  from classes 6-9; `covariance` (full | diag | shared), `score` (gmm |
@@ -25,7 +30,7 @@ Presets (`:name[,key=value]`):
                  MSE against the true r_alpha on 200 mixture points; dataset comparison.
   rdre_outlier   §4(g) outlier detection: A = a clean digit class, B = that class with 10% of
                  other classes; AUROC of -r on B (train 0-5, test 6-9).
-  tiny_ood, tiny_pu, tiny_rdre
+  tiny_ssl, tiny_ood, tiny_pu, tiny_rdre
                  a few steps on small tasks; for tests.
 """
 
@@ -48,6 +53,11 @@ def _closed_form(method, source, steps, **fields):
       ways=2, shots=5, queries=8, covariance="full", shrink=0.0, score="gmm",
       encoder="network", pca_dim=16, eps_init=0.1, tau=1.0, aux_ce=0.0, baseline_eps=0.1,
       task_rotation=0.0,
+      # ssl: tables with heterogeneous attributes, the VFSA network and EM
+      max_attributes=20, train_attributes="2-10", test_attributes="2-20",
+      test_tables="iris,wine,breast_cancer,digits", width=32, heads=4, layers=2,
+      em_steps=3, temperature_init=1.0, use_unlabeled=True, row_attention=True,
+      baseline_l2=1e-3, spreading_alpha=0.99,
       # pu / ratio: tasks
       positives=10, unlabeled=50, prior_low=0.2, prior_high=0.8, dim=4, spread=1.5,
       alpha=0.5, support_a=30, support_b=30, eval_points=200, outlier_fraction=0.1,
@@ -62,6 +72,13 @@ def _closed_form(method, source, steps, **fields):
   c.optimizer.update(dict(name="adam", learning_rate=1e-3, grad_clip_norm=5.0))
   c.train.update(dict(steps=steps, eval_every=max(1, steps // 3), checkpoint_every=steps,
                       log_every=max(1, steps // 10)))
+  return c
+
+
+def ssl_tables(shots=1, unlabeled=20, use_unlabeled=True, row_attention=True, steps=3000):
+  c = _closed_form("meta_ssl", "tables", steps, ways=2, shots=shots, unlabeled=unlabeled,
+                   queries=10, use_unlabeled=use_unlabeled, row_attention=row_attention)
+  c.closed_form.update(dict(embedding=32, baseline_steps=200, baseline_lr=0.5))
   return c
 
 
@@ -101,6 +118,13 @@ def _tiny(c):
   return c
 
 
+def tiny_ssl(steps=6):
+  c = _tiny(ssl_tables(shots=2, unlabeled=6, steps=steps))
+  c.closed_form.update(dict(width=8, heads=2, layers=1, embedding=4, queries=3,
+                            max_attributes=6, train_attributes="2-4", test_attributes="2-6"))
+  return c
+
+
 def tiny_ood(steps=6):
   c = _tiny(ood_digits(steps=steps))
   c.closed_form.embedding = 4
@@ -120,6 +144,9 @@ def tiny_rdre(steps=6):
 DEFAULT = "ood_digits"
 # the presets in rows of `jaxlab presets` and the README's table (jaxlab.catalog)
 ROWS = [
+    ("ssl_tables", "meta-SSL across attribute spaces (§1): the VFSA network and prototype EM "
+     "on procedural tables (2-10 attributes), tested on scikit-learn's bundled tables; "
+     "`shots`, `unlabeled`, `use_unlabeled`, `row_attention`"),
     ("ood_digits", "meta OoD detection (§2): class Gaussians fitted in closed form in a "
      "meta-learned latent space, 2-way 5-shot digits tasks (train 0-5, test 6-9); "
      "`covariance`, `score`, `encoder=pca`"),
@@ -127,12 +154,13 @@ ROWS = [
      "set-conditioned embedding, on synthetic Gaussian or digits tasks"),
     ("rdre_gauss, rdre_outlier", "meta relative density-ratio estimation (§4): RuLSIF in a "
      "set-conditioned embedding; Gaussian pairs (MSE, dataset comparison) or digits outliers"),
-    ("tiny_ood, tiny_pu, tiny_rdre", "a few steps on small tasks; for tests"),
+    ("tiny_ssl, tiny_ood, tiny_pu, tiny_rdre", "a few steps on small tasks; for tests"),
 ]
 
-PRESETS = {"ood_digits": ood_digits, "pu_gauss": pu_gauss, "pu_digits": pu_digits,
-           "rdre_gauss": rdre_gauss, "rdre_outlier": rdre_outlier, "tiny_ood": tiny_ood,
-           "tiny_pu": tiny_pu, "tiny_rdre": tiny_rdre}
+PRESETS = {"ssl_tables": ssl_tables, "ood_digits": ood_digits, "pu_gauss": pu_gauss,
+           "pu_digits": pu_digits, "rdre_gauss": rdre_gauss, "rdre_outlier": rdre_outlier,
+           "tiny_ssl": tiny_ssl, "tiny_ood": tiny_ood, "tiny_pu": tiny_pu,
+           "tiny_rdre": tiny_rdre}
 
 
 def get_config(arg=None):

@@ -87,6 +87,9 @@ WIDTH_PROBES = [f"layer{layer}/{probe}" for probe in ("cos", "magnitude")
                     f"layer{layer}/{probe}" for probe in ("additivity", "orthogonality")
                     for layer in (1, 2, 3)]
 
+CF_OOD_ARMS = ["full", "diag", "shared", "proto", "untrained", "pca", "rot180", "shot1_full",
+               "shot1_diag"]
+
 DIFFUSION_T = ["t0", "t0.1", "t0.25", "t0.5", "t0.75", "t1.0"]
 DIFFUSION_GRID = ["0", "0.1", "0.25", "0.5", "0.75", "1"]
 DIFFUSION_GAP = ["reference_accuracy", "confidence", "loss", "centroid_distance", "spread",
@@ -279,6 +282,24 @@ TABLES = {
                          DIFFUSION_GRID, ("diffusion_gap", "g1")),
     "diffusion_gap_g3": ("diffusion.md", "grid:gap/t{column}/{row}", 1.0, DIFFUSION_GAP,
                          DIFFUSION_GRID, ("diffusion_gap", "g3")),
+    "closed_form_ssl": ("closed_form.md", None, 100.0, ["full", "no_unlabeled",
+                                                       "no_row_attention"],
+                        ["accuracy", "unlabeled_accuracy", "baseline/logistic_accuracy",
+                         "baseline/label_spreading_accuracy"]),
+    "closed_form_ood": ("closed_form.md", None, 100.0, CF_OOD_ARMS,
+                        ["auroc", "id_accuracy", "baseline/raw_gmm_auroc"]),
+    "closed_form_pu": ("closed_form.md", None, 100.0, ["gauss", "gauss_p50_u200", "digits"],
+                       ["accuracy", "accuracy_estimated_prior", "prior_error",
+                        "baseline/nnpu_accuracy", "baseline/upu_accuracy",
+                        "baseline/ulsif_accuracy"]),
+    "closed_form_rdre": ("closed_form.md", None, 1.0, ["gauss", "gauss_alpha0", "gauss_n100",
+                                                       "outlier"],
+                         ["mse", "baseline/rulsif_mse", "outlier_auroc",
+                          "baseline/rulsif_outlier_auroc"]),
+    "closed_form_rdre_comparison": ("closed_form.md", "comparison/*", 1.0,
+                                    ["meta_spearman", "rulsif_spearman"],
+                                    ["gauss", "gauss_alpha0", "gauss_n100"],
+                                    ("closed_form_rdre", "*")),
     "tta_digits_align": ("tta.md", "train/align", 1.0,
                          ["cafe", "cafe_no_im", "cafe_ungrouped", "cafe_ungrouped_shrink"],
                          ["mixed"], ("tta_digits", "*", "mixed")),

@@ -1,8 +1,11 @@
-"""Closed-form meta-learners (jaxlab.methods.closed_form; spec closed_form_meta_learning.md §2-§4):
+"""Closed-form meta-learners (jaxlab.methods.closed_form; spec closed_form_meta_learning.md §1-§4):
 the meta-gradient through each closed-form fit against central finite differences on a tiny
 task (float64); the task sources' true relative ratio and AUROC against scipy / a pair count;
 a short meta-training run improving its query objective over the untrained network; the CLI
-runs with the per-task baselines reported beside the meta-learner; bad input is one line."""
+runs with the per-task baselines reported beside the meta-learner; bad input is one line; the
+VFSA network's predictions do not change when a task's attributes are reordered or padded
+further, nor (with use_unlabeled=False) with its unlabelled rows; label spreading equals
+scikit-learn's."""
 
 import json
 import os
@@ -20,7 +23,7 @@ from jaxlab.methods import closed_form, get_method
 
 from conftest import cli
 
-KINDS = {"meta_ood": "tiny_ood", "meta_pu": "tiny_pu", "meta_rdre": "tiny_rdre"}
+KINDS = {"meta_ssl": "tiny_ssl", "meta_ood": "tiny_ood", "meta_pu": "tiny_pu", "meta_rdre": "tiny_rdre"}
 
 
 def _setup(preset: str, *overrides: str):
@@ -28,7 +31,8 @@ def _setup(preset: str, *overrides: str):
   for item in overrides:
     key, value = item.split("=")
     section, field = key.split(".")
-    config[section][field] = type(config[section][field])(value)
+    old = config[section][field]
+    config[section][field] = (value == "True") if isinstance(old, bool) else type(old)(value)
   task = meta_tasks.make_task(config)
   method = get_method(config.method)
   state = method.init(config, jax.random.key(0), task.spec)
@@ -45,7 +49,14 @@ def test_the_meta_gradient_through_the_closed_form_fit_equals_finite_differences
     to64 = lambda t: jax.tree.map(
         lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, t)
     params, batch64 = to64(state.params), to64(batch)
+    # a generic point: at the initialisation, zero biases put the ReLU of every all-zero
+    # input cell (VFSA's empty label cells) exactly on its kink, where no derivative exists
+    noise = jax.random.split(jax.random.key(9), len(jax.tree.leaves(params)))
+    params = jax.tree.unflatten(jax.tree.structure(params), [
+        a + 0.01 * jax.random.normal(k, a.shape, a.dtype)
+        for a, k in zip(jax.tree.leaves(params), noise)])
 
+    @jax.jit
     def meta_loss(p):
       losses, _ = jax.vmap(lambda t: loss_of(p, state.model_state, t, config=config,
                                              ways=task.spec.num_classes))(batch64)
@@ -133,6 +144,8 @@ def test_meta_training_lowers_the_query_rulsif_loss_on_new_tasks():
     ("tiny_pu", ["accuracy", "accuracy_estimated_prior", "baseline/ulsif_accuracy",
                  "baseline/nnpu_accuracy", "baseline/upu_accuracy"]),
     ("tiny_rdre", ["mse", "pe", "baseline/rulsif_mse"]),
+    ("tiny_ssl", ["accuracy", "unlabeled_accuracy", "baseline/logistic_accuracy",
+                  "baseline/label_spreading_accuracy"]),
 ])
 def test_the_cli_reports_the_meta_learner_beside_the_per_task_baselines(tmp_path, preset,
                                                                         metrics):
@@ -190,3 +203,75 @@ def test_task_rotation_turns_each_training_task_by_one_angle_and_leaves_evaluati
   eval_a = plain.eval_batch(data, 0)
   eval_b = turned.eval_batch(data, 0)
   np.testing.assert_array_equal(eval_a["support"]["x"], eval_b["support"]["x"])
+
+
+
+def _ssl_task(*overrides):
+  config, task, state, data = _setup("tiny_ssl", *overrides)
+  batch = task.train_batch(data, jax.random.key(5), 0)
+  one = jax.tree.map(lambda a: a[0], batch)
+  predict = lambda t, params=state.params, config=config: closed_form.ssl_predict(
+      config, params, t, task.spec.num_classes)[0]
+  return config, task, state, one, predict
+
+
+def test_vfsa_predictions_ignore_attribute_order_and_padding():
+  config, task, state, one, predict = _ssl_task()
+  d_t = int(one["column_mask"].sum())
+  assert d_t >= 2
+  order = np.concatenate([np.random.default_rng(0).permutation(d_t),
+                          np.arange(d_t, config.closed_form.max_attributes)])
+  reordered = jax.tree.map(lambda a: a, one)
+  for part in ("labeled", "unlabeled", "query"):
+    reordered[part] = dict(one[part], x=one[part]["x"][:, order])
+  reordered["column_mask"] = one["column_mask"][order]
+  before = predict(one)
+  np.testing.assert_allclose(predict(reordered), before, atol=2e-5)
+  # three more padded attribute columns: the same network, the same predictions
+  padded = jax.tree.map(lambda a: a, one)
+  for part in ("labeled", "unlabeled", "query"):
+    padded[part] = dict(one[part], x=jnp.pad(one[part]["x"], ((0, 0), (0, 3))))
+  padded["column_mask"] = jnp.pad(one["column_mask"], (0, 3))
+  np.testing.assert_allclose(predict(padded), before, atol=2e-5)
+
+
+def test_without_unlabeled_rows_the_prediction_does_not_read_them():
+  config, task, state, one, predict = _ssl_task("closed_form.use_unlabeled=False")
+  other = jax.tree.map(lambda a: a, one)
+  other["unlabeled"] = dict(one["unlabeled"], x=one["unlabeled"]["x"] + 3.0)
+  np.testing.assert_allclose(predict(other), predict(one), atol=1e-6)
+  with_u, _, _, _, predict_u = _ssl_task()
+  assert not np.allclose(predict_u(other), predict_u(one), atol=1e-4)
+
+
+def test_label_spreading_equals_scikit_learn():
+  from sklearn.semi_supervised import LabelSpreading
+  rng = np.random.default_rng(3)
+  x = np.concatenate([rng.normal(size=(15, 2)), rng.normal(size=(15, 2)) + 3.0])
+  y = np.repeat([0, 1], 15)
+  known = np.zeros(30, bool)
+  known[[0, 1, 15, 16]] = True
+  bandwidth = float(closed_form._median_bandwidth(jnp.asarray(x)))  # pylint: disable=protected-access
+  kernel = lambda a, b: np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * bandwidth ** 2))
+  ours = closed_form.label_spreading(jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 2),
+                                     jnp.asarray(known, jnp.float32), 0.99)
+  theirs = LabelSpreading(kernel=kernel, alpha=0.99, max_iter=10000, tol=1e-10).fit(
+      x, np.where(known, y, -1))
+  np.testing.assert_array_equal(np.asarray(ours).argmax(-1), theirs.transduction_)
+  np.testing.assert_allclose(np.asarray(ours) / np.asarray(ours).sum(1, keepdims=True),
+                             theirs.label_distributions_, atol=1e-4)
+
+
+def test_scikit_learn_table_tasks_draw_classes_and_attributes_of_one_table():
+  config, task, _, _ = _setup("tiny_ssl")
+  arrays = task.eval_arrays("test")
+  assert list(arrays["classes"]) == [3, 3, 2, 10] and list(arrays["features"]) == [4, 13, 30, 64]
+  data = jax.tree.map(jnp.asarray, arrays)
+  batch = task.eval_batch(data, 0)
+  c = config.closed_form
+  d_t = np.asarray(batch["column_mask"]).sum(1)
+  assert ((d_t >= 2) & (d_t <= c.max_attributes)).all()
+  x_l = np.asarray(batch["labeled"]["x"])
+  assert (x_l[np.asarray(batch["column_mask"])[:, None, :].repeat(x_l.shape[1], 1) == 0] == 0).all()
+  support = np.concatenate([x_l, np.asarray(batch["unlabeled"]["x"])], 1)
+  np.testing.assert_allclose(support.mean(1), 0.0, atol=1e-4)   # support-standardised

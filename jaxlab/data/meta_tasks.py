@@ -20,6 +20,18 @@ meta-batch of tasks per step, fixed evaluation tasks from `episodes.eval_seed`.
   `ratio_outlier` §4(g)'s outlier detection: A = `support_a` clean examples of one class,
                B = `support_b` examples of which `outlier_fraction` come from other classes
                (`outlier` = 1); queries Q_A, Q_B as above.
+  `tables`     §1(g): semi-supervised classification tables with heterogeneous attribute
+               spaces. A task: D_t attributes (padded to `max_attributes`, `column_mask`),
+               `ways` classes, `shots` labelled rows a class, `unlabeled` unlabelled rows and
+               `queries` query rows a class; every attribute standardised with the support's
+               (labelled + unlabelled) statistics. Training and validation tasks are
+               procedural (D_t ~ U{`train_attributes`}; half the attributes (rounded up)
+               informative with class-conditional Gaussians, a quarter redundant (random
+               linear combinations + noise), the rest noise; a random monotone
+               a tanh(b x) + c x per attribute; columns shuffled). Test tasks come from the
+               tables bundled with scikit-learn (`test_tables`: iris, wine, breast_cancer,
+               digits; no download): a random class subset and D_t ~ U{`test_attributes`}
+               attributes (capped at the table's) per task.
 Image sources read `config.data` (flattened to vectors in [0, 1]); the split's classes are
 `closed_form.train_classes` for training and validation episodes (other draws) and
 `closed_form.test_classes` for the test episodes (unseen classes), each a `lo-hi` label range
@@ -36,7 +48,8 @@ import numpy as np
 from jaxlab.data import augment, episodes, tasks
 from jaxlab.errors import UserError, unknown
 
-SOURCES = ("ood", "pu", "pu_gauss", "ratio_gauss", "ratio_outlier")
+SOURCES = ("ood", "pu", "pu_gauss", "ratio_gauss", "ratio_outlier", "tables")
+SKLEARN_TABLES = ("iris", "wine", "breast_cancer", "digits")
 IMAGE_SOURCES = ("ood", "pu", "ratio_outlier")
 Arrays = Dict[str, np.ndarray]
 EVAL_SALT = {"validation": 1, "test": 2}
@@ -93,10 +106,22 @@ class MetaTask(episodes._Episodes):  # pylint: disable=protected-access
       train = self.train_arrays()
       dim = int(np.prod(train["images"].shape[2:]))
       self._image_shape = tuple(self._pooled["images"].shape[2:])
+    elif c.source == "tables":
+      dim = c.max_attributes
+      self._attribute_range("train_attributes")
+      self._attribute_range("test_attributes")
     else:
       dim = c.dim
     self.dim = dim
-    self.spec = tasks.Spec(input_shape=(dim,), num_classes=c.ways if c.source == "ood" else 2)
+    classes = c.ways if c.source in ("ood", "tables") else 2
+    self.spec = tasks.Spec(input_shape=(dim,), num_classes=classes)
+
+  def _attribute_range(self, field: str) -> Tuple[int, int]:
+    lo, hi = _range(self.c[field], field)
+    if lo < 1 or hi > self.c.max_attributes:
+      raise UserError(f"closed_form.{field}={self.c[field]!r}: attribute counts go from 1 to "
+                      f"closed_form.max_attributes={self.c.max_attributes}")
+    return lo, hi
 
   # -- the class-indexed splits of image sources ---------------------------------------------
   def _split(self, classes: str, field: str) -> Arrays:
@@ -124,6 +149,13 @@ class MetaTask(episodes._Episodes):  # pylint: disable=protected-access
     return self._split(self.c.train_classes, "train_classes")
 
   def eval_arrays(self, split: str) -> Arrays:
+    if self.source == "tables" and split == "test":
+      arrays = sklearn_tables(self.c.test_tables)
+      if arrays["classes"].min() < self.c.ways:
+        raise UserError(f"closed_form.test_tables={self.c.test_tables!r} has a table with "
+                        f"{arrays['classes'].min()} classes; tasks of closed_form.ways="
+                        f"{self.c.ways} need as many")
+      return arrays
     if self.source not in IMAGE_SOURCES:   # procedural laws: each split its own draws
       return {"salt": np.asarray(EVAL_SALT.get(split, len(EVAL_SALT) + 1), np.int32)}
     if split == "validation":
@@ -136,6 +168,8 @@ class MetaTask(episodes._Episodes):  # pylint: disable=protected-access
       key = jax.random.fold_in(key, data["salt"])
     if self.source == "ood":
       return self._ood(data, key, evaluation)
+    if self.source == "tables":
+      return self._table_task(data, key)
     return getattr(self, f"_{self.source}")(data, key)
 
   def _task_domain(self, key, rows: jax.Array) -> jax.Array:
@@ -250,6 +284,111 @@ class MetaTask(episodes._Episodes):  # pylint: disable=protected-access
     qa, _ = rows(keys[2], c.queries, 0.0)
     qb, _ = rows(keys[3], c.queries, c.outlier_fraction)
     return {"support": {"a": a, "b": b, "outlier": outlier}, "query": {"a": qa, "b": qb}}
+
+
+  # -- §1: tables with heterogeneous attribute spaces ------------------------------------------
+  def _rows_labels(self):
+    c = self.c
+    labeled = jnp.repeat(jnp.arange(c.ways, dtype=jnp.int32), c.shots)
+    query = jnp.repeat(jnp.arange(c.ways, dtype=jnp.int32), c.queries)
+    return labeled, query
+
+  def _table_task(self, data, key):
+    c = self.c
+    labeled, query = self._rows_labels()
+    keys = jax.random.split(key, 4)
+    u_labels = jax.random.randint(keys[0], (c.unlabeled,), 0, c.ways)
+    labels = jnp.concatenate([labeled, u_labels, query])
+    if "tables" in data:
+      x, d_t = self._sklearn_rows(data, keys[1], labels)
+    else:
+      x, d_t = self._procedural_rows(keys[1], labels)
+    columns = jnp.arange(c.max_attributes)
+    column_mask = (columns < d_t).astype(jnp.float32)
+    n_support = labeled.shape[0] + c.unlabeled
+    support = x[:n_support]
+    mean = support.mean(0)
+    std = jnp.sqrt(jnp.mean((support - mean) ** 2, 0) + 1e-6)
+    x = jnp.where(column_mask > 0, (x - mean) / std, 0.0)
+    n_l = labeled.shape[0]
+    return {"labeled": {"x": x[:n_l], "y": labeled},
+            "unlabeled": {"x": x[n_l:n_support], "y": u_labels},
+            "query": {"x": x[n_support:], "y": query},
+            "column_mask": column_mask}
+
+  def _procedural_rows(self, key, labels):
+    """The §1(g) classification generator, D_t attributes of `max_attributes` columns."""
+    c = self.c
+    d = c.max_attributes
+    lo, hi = self._attribute_range("train_attributes")
+    keys = jax.random.split(key, 10)
+    d_t = jax.random.randint(keys[0], (), lo, hi + 1)
+    d_inf = (d_t + 1) // 2
+    d_red = (d_t - d_inf) // 2
+    means = c.spread * jax.random.normal(keys[1], (c.ways, d))
+    w = jax.random.normal(keys[2], (d, d))
+    root = jnp.linalg.cholesky(w @ w.T / d + 0.5 * jnp.eye(d))
+    n = labels.shape[0]
+    columns = jnp.arange(d)
+    informative = means[labels] + jax.random.normal(keys[3], (n, d)) @ root.T
+    informative = jnp.where(columns < d_inf, informative, 0.0)
+    mixing = jax.random.normal(keys[4], (d, d)) / jnp.sqrt(jnp.maximum(d_inf, 1))
+    redundant = informative @ mixing + 0.1 * jax.random.normal(keys[5], (n, d))
+    noise = jax.random.normal(keys[6], (n, d))
+    raw = jnp.where(columns < d_inf, informative, jnp.where(columns < d_inf + d_red,
+                                                            redundant, noise))
+    a, b, cc = (jax.random.uniform(k, (d,), minval=lo_, maxval=hi_) for k, lo_, hi_ in
+                zip(jax.random.split(keys[7], 3), (0.5, 0.5, 0.0), (2.0, 2.0, 0.5)))
+    raw = a * jnp.tanh(b * raw) + cc * raw
+    order = jnp.argsort(jnp.where(columns < d_t, jax.random.uniform(keys[8], (d,)),
+                                  2.0 + columns))              # real columns shuffled first
+    return jnp.where(columns < d_t, raw[:, order], 0.0), d_t
+
+  def _sklearn_rows(self, data, key, labels):
+    """Rows of one bundled table: a random table, `ways` of its classes, D_t of its
+    attributes."""
+    c = self.c
+    tables, counts = data["tables"], data["counts"]         # [T, C, M, F], [T, C]
+    keys = jax.random.split(key, 4)
+    t = jax.random.randint(keys[0], (), 0, tables.shape[0])
+    n_classes, n_features = data["classes"][t], data["features"][t]
+    scores = jnp.where(jnp.arange(counts.shape[1]) < n_classes,
+                       jax.random.uniform(keys[1], (counts.shape[1],)), 2.0)
+    chosen = jnp.argsort(scores)[:c.ways]                    # ways distinct real classes
+    lo, hi = self._attribute_range("test_attributes")
+    d_t = jnp.minimum(jax.random.randint(keys[2], (), lo, hi + 1), n_features)
+    f = tables.shape[-1]
+    feature_order = jnp.argsort(jnp.where(jnp.arange(f) < n_features,
+                                          jax.random.uniform(keys[3], (f,)), 2.0))
+    picks = jax.random.split(jax.random.fold_in(key, 1), labels.shape[0])
+    row_of = lambda k, y: tables[t, chosen[y], jax.random.randint(k, (), 0,
+                                                                   counts[t, chosen[y]])]
+    rows = jax.vmap(row_of)(picks, labels)[:, feature_order[:c.max_attributes]]
+    if rows.shape[1] < c.max_attributes:
+      rows = jnp.pad(rows, ((0, 0), (0, c.max_attributes - rows.shape[1])))
+    return jnp.where(jnp.arange(c.max_attributes) < d_t, rows, 0.0), d_t
+
+
+def sklearn_tables(names: str) -> Arrays:
+  """The bundled scikit-learn tables, class-indexed and padded: `tables` [T, C, M, F],
+  `counts` [T, C], `classes` [T], `features` [T] (rows drawn with replacement per task)."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  chosen = [n.strip() for n in names.split(",") if n.strip()]
+  for name in chosen:
+    if name not in SKLEARN_TABLES:
+      raise unknown("scikit-learn table (closed_form.test_tables)", name, SKLEARN_TABLES)
+  loaded = [getattr(datasets, f"load_{name}")() for name in chosen]
+  grouped = [episodes.class_index(d.data.astype(np.float32), d.target) for d in loaded]
+  shape = [max(g["images"].shape[i] for g in grouped) for i in range(3)]
+  tables = np.zeros([len(grouped)] + shape, np.float32)
+  counts = np.zeros((len(grouped), shape[0]), np.int32)
+  for i, g in enumerate(grouped):
+    c, m, f = g["images"].shape
+    tables[i, :c, :m, :f] = g["images"]
+    counts[i, :c] = g["counts"]
+  return {"tables": tables, "counts": counts,
+          "classes": np.array([g["images"].shape[0] for g in grouped], np.int32),
+          "features": np.array([g["images"].shape[2] for g in grouped], np.int32)}
 
 
 def make_task(config, num_devices: int = 1) -> MetaTask:

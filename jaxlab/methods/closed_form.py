@@ -5,6 +5,18 @@ is meta-trained by backpropagating the query loss through that fit
 formulation marked [R] there is ours, behind a flag). Tasks: jaxlab.data.meta_tasks.
 
 Variants:
+  `meta_ssl`   Iwata & Kumagai, arXiv 2311.05088 (§1): a task's labelled, unlabelled and
+               query rows over its own attributes, embedded jointly by the VFSA network
+               (jaxlab.models.sets.VariableFeatureAttention; queries read the support, never
+               each other); class prototypes adapted by `em_steps` soft k-means EM steps with
+               the labelled assignments clamped (temperature s = exp(learned)); query
+               cross-entropy meta-loss (§1(b) [R]). Arms by flag: `use_unlabeled=False` (U
+               neither attended to nor used by EM: supervised meta-learning),
+               `row_attention=False` (each row embedded alone). Baselines on the raw
+               standardised attributes: L2-regularised logistic regression on L by gradient
+               descent, and label spreading (Zhou et al. 2004, alpha = `spreading_alpha`,
+               0.99 as the paper; RBF affinities at the median distance) over L, U and the
+               queries (transductive, as sklearn's LabelSpreading is used).
   `meta_ood`   Iwata & Kumagai, arXiv 2206.09543 (§2): the encoder `config.model` (an MLP,
                64-128-128-16 at §2(g)'s scale) maps a task's in-distribution support to a
                latent space where one Gaussian per class is fitted by maximum likelihood
@@ -58,7 +70,7 @@ from jaxlab.train.state import TrainState
 
 SCORES = ("gmm", "proto")
 ENCODERS = ("network", "pca")
-KINDS = {"meta_ood": ("ood",), "meta_pu": ("pu", "pu_gauss"),
+KINDS = {"meta_ssl": ("tables",), "meta_ood": ("ood",), "meta_pu": ("pu", "pu_gauss"),
          "meta_rdre": ("ratio_gauss", "ratio_outlier")}
 
 
@@ -91,10 +103,21 @@ def _set_net(config) -> sets.SetConditionedEmbedding:
                                       nonnegative=c.nonnegative)
 
 
+def _vfsa(config) -> sets.VariableFeatureAttention:
+  c = config.closed_form
+  return sets.VariableFeatureAttention(width=c.width, heads=c.heads, layers=c.layers,
+                                       features=c.embedding, row_attention=c.row_attention)
+
+
 def init(config, rng: jax.Array, spec: tasks.Spec, *, kind: str) -> TrainState:
   c = config.closed_form
   x = jnp.zeros((2, spec.input_shape[0]))
-  if kind == "meta_ood":
+  if kind == "meta_ssl":
+    j = spec.input_shape[0] + spec.num_classes
+    net = _vfsa(config).init(rng, jnp.zeros((3, j)), jnp.zeros((3, j)), jnp.zeros(j),
+                             jnp.ones(j), jnp.ones(3))["params"]
+    params = {"net": net, "log_s": jnp.log(c.temperature_init)}
+  elif kind == "meta_ood":
     net = _encoder(config).init(rng, x, train=False)["params"]
     params = {"net": net, "log_eps": jnp.log(c.eps_init), "log_tau": jnp.log(c.tau)}
   else:
@@ -122,6 +145,89 @@ def start_from(state: TrainState, train_data, *, config, spec, kind: str) -> Tra
   _, vectors = jnp.linalg.eigh(cov)
   return state.replace(model_state={
       "pca_mean": mean, "pca_components": vectors[:, ::-1][:, :config.closed_form.pca_dim]})
+
+
+# -- meta-SSL across attribute spaces (§1) ---------------------------------------------------
+
+def ssl_grid(task, ways: int, use_unlabeled: bool):
+  """The VFSA input of a task: (values, missing, is_label, column_mask, key_rows) over the
+  rows L, U, Q and the columns attributes + one label column a class."""
+  x = jnp.concatenate([task["labeled"]["x"], task["unlabeled"]["x"], task["query"]["x"]])
+  n_l, n_u = task["labeled"]["x"].shape[0], task["unlabeled"]["x"].shape[0]
+  n = x.shape[0]
+  known = jnp.arange(n) < n_l
+  onehot_l = jax.nn.one_hot(task["labeled"]["y"], ways)
+  labels = jnp.concatenate([onehot_l, jnp.zeros((n - n_l, ways))])
+  values = jnp.concatenate([x, labels], -1)
+  missing = jnp.concatenate([jnp.zeros_like(x),
+                             jnp.broadcast_to(~known[:, None], (n, ways)).astype(x.dtype)], -1)
+  d = x.shape[1]
+  is_label = jnp.concatenate([jnp.zeros(d), jnp.ones(ways)])
+  column_mask = jnp.concatenate([task["column_mask"], jnp.ones(ways)])
+  support = jnp.arange(n) < (n_l + n_u if use_unlabeled else n_l)
+  return values, missing, is_label, column_mask, support.astype(x.dtype)
+
+
+def ssl_predict(config, params, task, ways: int):
+  """(query log-probabilities [Q, C], unlabelled responsibilities [U, C])."""
+  c = config.closed_form
+  z = _vfsa(config).apply({"params": params["net"]}, *ssl_grid(task, ways, c.use_unlabeled))
+  n_l, n_u = task["labeled"]["x"].shape[0], task["unlabeled"]["x"].shape[0]
+  z_l, z_u, z_q = z[:n_l], z[n_l:n_l + n_u], z[n_l + n_u:]
+  s = jnp.exp(params["log_s"])
+  w_u = jnp.full((n_u,), 1.0 if c.use_unlabeled else 0.0)
+  prototypes, r = solvers.soft_kmeans_em(z_l, jax.nn.one_hot(task["labeled"]["y"], ways), z_u,
+                                         c.em_steps, s, w_u=w_u)
+  return jax.nn.log_softmax(solvers.prototype_logits(z_q, prototypes, s)), r
+
+
+def _ssl_task_loss(params, model_state, task, *, config, ways: int):
+  del model_state
+  log_p, r = ssl_predict(config, params, task, ways)
+  y = task["query"]["y"]
+  loss = -jnp.mean(jnp.take_along_axis(log_p, y[:, None], 1))
+  return loss, {"accuracy": jnp.mean(log_p.argmax(-1) == y),
+                "unlabeled_accuracy": jnp.mean(r.argmax(-1) == task["unlabeled"]["y"])}
+
+
+def _logistic(x, y, ways: int, steps: int, lr: float, l2: float):
+  """Multinomial logistic regression by gradient descent from zero."""
+  onehot = jax.nn.one_hot(y, ways)
+
+  def loss(p):
+    logits = x @ p[0] + p[1]
+    return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), -1)) + l2 * jnp.sum(p[0] ** 2)
+
+  def step(p, _):
+    return jax.tree.map(lambda a, g: a - lr * g, p, jax.grad(loss)(p)), None
+
+  (w, b), _ = jax.lax.scan(step, (jnp.zeros((x.shape[1], ways)), jnp.zeros(ways)), None,
+                           length=steps)
+  return lambda z: z @ w + b
+
+
+def label_spreading(x, y_onehot, known, alpha: float) -> jax.Array:
+  """Zhou et al. (2004): F = (I - alpha S)^-1 Y, S = D^-1/2 W D^-1/2, W the RBF affinities
+  (bandwidth: median distance, zero diagonal), Y the labelled rows' one-hots; class scores of
+  every row."""
+  w = _kernel(x, x, _median_bandwidth(x)) * (1.0 - jnp.eye(x.shape[0]))
+  d = jax.lax.rsqrt(jnp.maximum(w.sum(1), 1e-12))
+  spread = d[:, None] * w * d[None]
+  y = y_onehot * known[:, None]
+  return jnp.linalg.solve(jnp.eye(x.shape[0]) - alpha * spread, y)
+
+
+def _ssl_baselines(config, task, ways: int) -> Dict[str, jax.Array]:
+  c = config.closed_form
+  lab, unl, qry = task["labeled"], task["unlabeled"], task["query"]
+  g = _logistic(lab["x"], lab["y"], ways, c.baseline_steps, c.baseline_lr, c.baseline_l2)
+  x = jnp.concatenate([lab["x"], unl["x"], qry["x"]])
+  n_l, n_q = lab["x"].shape[0], qry["x"].shape[0]
+  known = (jnp.arange(x.shape[0]) < n_l).astype(x.dtype)
+  onehot = jnp.concatenate([jax.nn.one_hot(lab["y"], ways), jnp.zeros((x.shape[0] - n_l, ways))])
+  scores = label_spreading(x, onehot, known, c.spreading_alpha)[-n_q:]
+  return {"baseline/logistic_accuracy": jnp.mean(g(qry["x"]).argmax(-1) == qry["y"]),
+          "baseline/label_spreading_accuracy": jnp.mean(scores.argmax(-1) == qry["y"])}
 
 
 # -- meta OoD (§2) -------------------------------------------------------------------------------
@@ -303,10 +409,12 @@ def _rdre_baselines(config, task) -> Dict[str, jax.Array]:
 
 # -- the protocol -------------------------------------------------------------------------------
 
-TASK_LOSS = {"meta_ood": _ood_task_loss, "meta_pu": _pu_task_loss, "meta_rdre": _rdre_task_loss}
+TASK_LOSS = {"meta_ssl": _ssl_task_loss, "meta_ood": _ood_task_loss, "meta_pu": _pu_task_loss, "meta_rdre": _rdre_task_loss}
 
 
 def _baselines(config, task, kind: str, ways: int) -> Dict[str, jax.Array]:
+  if kind == "meta_ssl":
+    return _ssl_baselines(config, task, ways)
   if kind == "meta_ood":
     return {"baseline/raw_gmm_auroc": _raw_gmm_auroc(config, task, ways)}
   if kind == "meta_pu":
@@ -393,4 +501,4 @@ def report(state: TrainState, task, workdir: str, *, config, spec: tasks.Spec,
 
 
 VARIANTS = {kind: Variant(kind=kind, blocks=("episodes", "closed_form"))
-            for kind in ("meta_ood", "meta_pu", "meta_rdre")}
+            for kind in ("meta_ssl", "meta_ood", "meta_pu", "meta_rdre")}
