@@ -57,7 +57,7 @@ def _closed_form(method, source, steps, **fields):
       max_attributes=20, train_attributes="2-10", test_attributes="2-20",
       test_tables="iris,wine,breast_cancer,digits", width=32, heads=4, layers=2,
       em_steps=3, temperature_init=1.0, use_unlabeled=True, row_attention=True,
-      baseline_l2=1e-3, spreading_alpha=0.99,
+      baseline_l2=1e-3, spreading_alpha=0.2,
       # pu / ratio: tasks
       positives=10, unlabeled=50, prior_low=0.2, prior_high=0.8, dim=4, spread=1.5,
       alpha=0.5, support_a=30, support_b=30, eval_points=200, outlier_fraction=0.1,

@@ -15,8 +15,12 @@ Variants:
                `row_attention=False` (each row embedded alone). Baselines on the raw
                standardised attributes: L2-regularised logistic regression on L by gradient
                descent, and label spreading (Zhou et al. 2004, alpha = `spreading_alpha`,
-               0.99 as the paper; RBF affinities at the median distance) over L, U and the
-               queries (transductive, as sklearn's LabelSpreading is used).
+               0.2 as sklearn's LabelSpreading, which the spec names; RBF affinities at the
+               median distance, as sklearn's gamma = 20 leaves no edges between standardised
+               rows) over L, U and the queries (transductive, as sklearn's is used). Zhou et
+               al.'s alpha = 0.99 degenerates on a task's few dozen rows: (I - alpha S)^-1 is
+               then dominated by S's leading eigenvector, so every row gets the class whose
+               labelled rows have the larger degree (chance accuracy, measured).
   `meta_ood`   Iwata & Kumagai, arXiv 2206.09543 (§2): the encoder `config.model` (an MLP,
                64-128-128-16 at §2(g)'s scale) maps a task's in-distribution support to a
                latent space where one Gaussian per class is fitted by maximum likelihood
